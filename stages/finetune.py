@@ -1,0 +1,21 @@
+"""Fine-tune the base model on the LM loss alone: the baseline with the editable model's budget."""
+
+from pathlib import Path
+
+from editable_lm.cli import live_logger, run_stage, stage_args
+from editable_lm.models import load_checkpoint, save_checkpoint
+from editable_lm.storage import read_jsonl
+from editable_lm.training import finetune
+
+
+def main() -> None:
+    params, args = stage_args(__doc__, "--base", "--split", "--out", "--live")
+    passages = read_jsonl(Path(args.split, "passages_train.jsonl"))
+    model, tokenizer = load_checkpoint(args.base)
+    with live_logger(args.live) as live:
+        model = finetune(model, tokenizer, passages, params.train, live)
+    save_checkpoint(model, tokenizer, args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)
