@@ -57,24 +57,29 @@ def forward(model: nn.Module, batch: Batch, params: Mapping[str, Tensor] | None 
     return functional_call(model, dict(params), args=(), kwargs=inputs, strict=False)["logits"]
 
 
+def _upcast(logits: Tensor) -> Tensor:
+    """At least float32 for softmax, without cutting float64 down."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probability of each next-token label [B, T-1] and the mask of labelled positions."""
     logits, targets = logits[:, :-1], labels[:, 1:]
     mask = targets != IGNORE
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(_upcast(logits), dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
 
 
 def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean next-token cross-entropy over labelled tokens."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    return F.cross_entropy(_upcast(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
 def kl_divergence(pre_logits: Tensor, post_logits: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean over real tokens of KL(pre || post) between next-token distributions."""
-    pre = torch.log_softmax(pre_logits.float(), dim=-1)
-    post = torch.log_softmax(post_logits.float(), dim=-1)
+    pre = torch.log_softmax(_upcast(pre_logits), dim=-1)
+    post = torch.log_softmax(_upcast(post_logits), dim=-1)
     per_token = (pre.exp() * (pre - post)).sum(-1)  # [B, T]
     mask = attention_mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum()

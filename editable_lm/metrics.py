@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from editable_lm.editing import Batch, apply_edit, collate, detached_edit_params, encode_edit, forward, token_logprobs
+from editable_lm.editing import IGNORE, Batch, apply_edit, collate, detached_edit_params, encode_edit, forward, token_logprobs
 from editable_lm.models import device
 from editable_lm.training import encode_passages
 
@@ -23,7 +23,7 @@ MODEL_METRICS = (
 def edit_success(logits: Tensor, labels: Tensor) -> Tensor:
     """Per example [B]: every labelled token is the argmax of the model's prediction."""
     hits = logits[:, :-1].argmax(-1) == labels[:, 1:]
-    labelled = labels[:, 1:] != -100
+    labelled = labels[:, 1:] != IGNORE
     return (hits | ~labelled).all(-1)
 
 

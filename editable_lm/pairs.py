@@ -77,7 +77,7 @@ def build_pairs(passages: list[dict], people: list[list[tuple[str, list[Mention]
                 prefix = f"{context} {sentence[: mention.start]}".strip()
                 if not prefix:
                     continue
-                new_name = _other_name(rng, names, mention.name)
+                new_name = _other_name(rng, names, mention.name, sentence)
                 pairs.append({
                     "id": len(pairs),
                     "article_id": passage["article_id"],
@@ -96,10 +96,11 @@ def build_pairs(passages: list[dict], people: list[list[tuple[str, list[Mention]
     return pairs
 
 
-def _other_name(rng: random.Random, names: list[str], name: str) -> str:
-    # Neither name may contain the other ("Einstein" vs "Albert Einstein" is not a swap).
+def _other_name(rng: random.Random, names: list[str], name: str, sentence: str) -> str:
+    # Neither name may contain the other ("Einstein" vs "Albert Einstein" is not a swap),
+    # and the new name must not already be in the sentence.
     for _ in range(1000):
         candidate = rng.choice(names)
-        if candidate not in name and name not in candidate:
+        if candidate not in name and name not in candidate and candidate not in sentence:
             return candidate
     raise EditLMError(f"pairs: found no PERSON name unrelated to {name!r} to swap in")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,10 +208,10 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
+    if not (math.isfinite(value) and value >= low):
         raise ConfigError(f"{key}: must be >= {low}, got {value}")
 
 
 def _positive(key: str, value: float) -> None:
-    if value <= 0:
+    if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{key}: must be > 0, got {value}")

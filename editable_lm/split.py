@@ -17,11 +17,14 @@ def split_articles(article_ids: list[int], params: SplitParams) -> dict[int, str
     if len(articles) < 3:
         raise EditLMError(f"split: need at least 3 articles, got {len(articles)}")
     held_out = params.val_frac + params.test_frac
-    outer = GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=params.seed)
-    train_idx, rest_idx = next(outer.split(articles, groups=articles))
-    rest = articles[rest_idx]
-    inner = GroupShuffleSplit(n_splits=1, test_size=params.test_frac / held_out, random_state=params.seed)
-    val_idx, test_idx = next(inner.split(rest, groups=rest))
+    try:
+        outer = GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=params.seed)
+        train_idx, rest_idx = next(outer.split(articles, groups=articles))
+        rest = articles[rest_idx]
+        inner = GroupShuffleSplit(n_splits=1, test_size=params.test_frac / held_out, random_state=params.seed)
+        val_idx, test_idx = next(inner.split(rest, groups=rest))
+    except ValueError as exc:  # sklearn: some split would be empty
+        raise EditLMError(f"split: {len(articles)} articles are too few for these fractions ({exc})") from None
     assignment = {int(a): "train" for a in articles[train_idx]}
     assignment.update({int(a): "val" for a in rest[val_idx]})
     assignment.update({int(a): "test" for a in rest[test_idx]})

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from editable_lm.editing import Batch, apply_edit, collate, encode_edit, encode_text, forward, kl_divergence, lm_loss
+from editable_lm.errors import EditLMError
 from editable_lm.models import device, edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, EditParams, TrainParams
 
@@ -108,9 +109,10 @@ def train_editable(
     for batch_passages in tqdm(passage_batches(passages, tokenizer, train), total=train.steps, desc="editable"):
         # The passage must be unrelated to the edit: never from the edit's article.
         articles = {p["article_id"] for p in batch_passages}
-        pair = edit_rng.choice(pairs)
-        while pair["article_id"] in articles:
-            pair = edit_rng.choice(pairs)
+        unrelated = [p for p in pairs if p["article_id"] not in articles]
+        if not unrelated:
+            raise EditLMError("editable: every training edit shares an article with the passage batch")
+        pair = edit_rng.choice(unrelated)
         losses = editable_losses(
             model,
             encode_passages(batch_passages, tokenizer, train.seq_len),

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random GPT-2 / Llama models and SmolLM2's real tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+from editable_lm.editing import IGNORE, collate
+from editable_lm.models import smollm2_tokenizer
+
+VOCAB = 64
+
+# The models here are tiny: intra-op threads only add spin-waiting, which makes timings erratic
+# when the CPU is shared (first double-backward calls took seconds instead of milliseconds).
+torch.set_num_threads(1)
+
+
+def tiny_gpt2(vocab: int = VOCAB, layers: int = 3, seed: int = 0):
+    """A random GPT-2 without dropout, eager attention (SDPA on CPU has no double backward)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab, n_embd=16, n_layer=layers, n_head=2, n_positions=64,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2,
+        bos_token_id=0, eos_token_id=0,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+def tiny_llama(vocab: int = VOCAB, layers: int = 2, seed: int = 0):
+    """A random Llama (tied embeddings, grouped-query attention), eager attention."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+def random_batch(seed: int, length: int = 10, n_labelled: int | None = None, vocab: int = VOCAB):
+    """One random sequence; the last `n_labelled` tokens are labels (all of them if None)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (length,), generator=g).tolist()
+    n = length if n_labelled is None else n_labelled
+    return collate([(ids, [IGNORE] * (length - n) + ids[length - n :])], pad_id=0)
+
+
+@pytest.fixture
+def gpt2():
+    return tiny_gpt2()
+
+
+@pytest.fixture
+def llama():
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2's tokenizer from the installed GGUF (slow to read, so loaded once)."""
+    tok = smollm2_tokenizer()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

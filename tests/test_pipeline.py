@@ -1,0 +1,147 @@
+"""End to end: real `dvc repro` of the smoke configuration in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editable_lm.metrics import MODEL_METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = yaml.safe_load((ROOT / "tests" / "smoke_params.yaml").read_text())
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def repro(repo: Path, *args: str, check: bool = True) -> tuple[set[str], subprocess.CompletedProcess]:
+    """Run `dvc repro` and return the names of the stages that ran."""
+    result = run(["dvc", "repro", *args], repo, check)
+    return set(re.findall(r"Running stage '([\w-]+)'", result.stdout)), result
+
+
+def set_params(repo: Path, **changes: dict) -> None:
+    """Merge `{section: {key: value}}` changes into the copy's params.yaml."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in changes.items():
+        params.setdefault(section, {}).update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC copy of the project with the smoke params, reproduced once."""
+    repo = tmp_path_factory.mktemp("repo")
+    for name in ("dvc.yaml", ".dvcignore", "stages", "editable_lm"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
+    shutil.rmtree(repo / "editable_lm" / "__pycache__", ignore_errors=True)
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    set_params(repo, **SMOKE)
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.analytics", "false"], repo)
+    ran, _ = repro(repo)
+    assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "evaluate"}
+    return repo
+
+
+def test_metrics_have_every_key_and_are_finite(repo):
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert metrics["n_edits"] == SMOKE["evaluate"]["n_edits"]
+    for model in ("base", "finetuned", "editable"):
+        assert set(metrics[model]) == set(MODEL_METRICS)
+        assert all(math.isfinite(v) for v in metrics[model].values())
+    rows = (repo / "metrics" / "evaluate_edits.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * SMOKE["evaluate"]["n_edits"]
+    shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "edit_success" in shown and "loss_base" in shown
+
+
+def test_nothing_to_do_when_unchanged(repo):
+    ran, _ = repro(repo)
+    assert ran == set()
+
+
+def test_data_stages_are_bit_identical_when_rerun(repo):
+    before = (repo / "dvc.lock").read_text()
+    ran, _ = repro(repo, "--force", "--single-item", "download", "pairs", "split")
+    assert ran == {"download", "pairs", "split"}
+    assert (repo / "dvc.lock").read_text() == before
+
+
+def test_edit_lr_reruns_only_evaluate(repo):
+    set_params(repo, evaluate={"edit_lr": 0.01})
+    ran, _ = repro(repo)
+    # check_params validates every change to params.yaml; it has no effect on the other stages.
+    assert ran == {"check_params", "evaluate"}
+
+
+def test_split_seed_reruns_split_and_after(repo):
+    set_params(repo, split={"seed": 1})
+    ran, _ = repro(repo)
+    assert ran == {"check_params", "split", "finetune", "editable", "evaluate"}
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"train": {"foo": 1}}, "train.foo"),
+        ({"train": {"lr": -1.0}}, "train.lr"),
+        ({"evaluate": {"edit_lr": -0.1}}, "evaluate.edit_lr"),
+        ({"data": {"source": "no-such-corpus"}}, "data.source"),
+    ],
+)
+def test_bad_params_fail_clearly_and_keep_outputs(repo, change, key):
+    params_before = (repo / "params.yaml").read_text()
+    lock_before = (repo / "dvc.lock").read_text()
+    model_file = repo / "models" / "finetuned" / "model.safetensors"
+    model_before = model_file.read_bytes()
+    try:
+        set_params(repo, **change)
+        _, result = repro(repo, check=False)
+        assert result.returncode != 0
+        assert key in result.stderr + result.stdout
+        assert model_file.read_bytes() == model_before
+        assert (repo / "data" / "passages.jsonl").is_file()
+        assert (repo / "dvc.lock").read_text() == lock_before
+    finally:
+        (repo / "params.yaml").write_text(params_before)
+
+
+def test_stage_script_error_is_one_line(repo, tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  lr: -1\n")
+    out = tmp_path / "finetuned"
+    result = run(
+        [sys.executable, "stages/finetune.py", "--params", str(bad), "--base", "models/base",
+         "--split", "data/split", "--out", str(out), "--live", str(tmp_path / "live")],
+        repo, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: train.lr: must be > 0, got -1.0"]
+    assert not out.exists()
+
+
+def test_missing_input_is_a_clear_error(repo, tmp_path):
+    result = run(
+        [sys.executable, "stages/pairs.py", "--passages", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "p.jsonl")],
+        repo, check=False,
+    )
+    assert result.returncode == 1
+    assert "none.jsonl: file not found" in result.stderr
+    assert not (tmp_path / "p.jsonl").exists()
