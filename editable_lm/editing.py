@@ -7,7 +7,7 @@ Restoring a model after an edit is therefore free: drop the dict.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch.func import functional_call
 IGNORE = -100  # label of tokens that no loss is taken on
 
 Batch = dict[str, Tensor]  # input_ids, attention_mask, labels: each [B, T]
+Penalty = Callable[[Mapping[str, Tensor]], Tensor]  # extra edit loss as a function of the edited weights
 
 
 def encode_edit(tokenizer, prefix: str, name: str, max_len: int) -> tuple[list[int], list[int]]:
@@ -91,13 +92,17 @@ def edit_step(
     batch: Batch,
     lr: float | Mapping[str, Tensor],
     create_graph: bool,
+    penalty: Penalty | None = None,
 ) -> dict[str, Tensor]:
-    """One SGD step on the edit loss: returns new parameters, the input dict is untouched.
+    """One SGD step on the edit loss (plus `penalty(params)` if given): returns new parameters.
 
-    With `create_graph` the step stays differentiable (second-order MAML); without it the
-    gradient is a constant and the outer gradient is first order.
+    The input dict is untouched. With `create_graph` the step stays differentiable
+    (second-order MAML); without it the gradient is a constant and the outer gradient is
+    first order.
     """
     loss = lm_loss(forward(model, batch, params), batch["labels"])
+    if penalty is not None:
+        loss = loss + penalty(params)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
     new = {}
     for (name, value), grad in zip(params.items(), grads):
@@ -113,11 +118,17 @@ def apply_edit(
     lr: float | Mapping[str, Tensor],
     steps: int,
     create_graph: bool = False,
+    penalty: Penalty | None = None,
 ) -> dict[str, Tensor]:
     """`steps` SGD steps on the edit loss over `params` only (the inner loop)."""
     for _ in range(steps):
-        params = edit_step(model, params, batch, lr, create_graph)
+        params = edit_step(model, params, batch, lr, create_graph, penalty)
     return params
+
+
+def kl_penalty(model: nn.Module, batch: Batch, pre_logits: Tensor, weight: float) -> Penalty:
+    """`weight * KL(pre || post)` on a locality sample: the FT+KL edit of MEND's baselines."""
+    return lambda params: weight * kl_divergence(pre_logits, forward(model, batch, params), batch["attention_mask"])
 
 
 def detached_edit_params(model: nn.Module, names: list[str]) -> dict[str, Tensor]:

@@ -1,23 +1,14 @@
-"""Evaluation: apply the same edit to a model on held-out edits and measure what changed."""
+"""Metric definitions on logits and per-edit rows; no model is run here."""
 
 from __future__ import annotations
 
 import math
-import time
-from typing import Mapping
 
+import numpy as np
 import torch
-from torch import Tensor, nn
-from tqdm import tqdm
+from torch import Tensor
 
-from editable_lm.editing import IGNORE, Batch, apply_edit, collate, detached_edit_params, encode_edit, forward, token_logprobs
-from editable_lm.models import device
-from editable_lm.training import encode_passages
-
-MODEL_METRICS = (
-    "edit_success", "counterfactual_success", "logp_new_pre", "logp_new_post",
-    "ppl_pre", "ppl_post", "ppl_drawdown", "sec_per_edit",
-)
+from editable_lm.editing import IGNORE, token_logprobs
 
 
 def edit_success(logits: Tensor, labels: Tensor) -> Tensor:
@@ -44,58 +35,33 @@ def relative_drawdown(ppl_pre: float, ppl_post: float) -> float:
     return ppl_post / ppl_pre - 1.0
 
 
-@torch.no_grad()
-def _score(model: nn.Module, batch: Batch, params: Mapping[str, Tensor] | None = None) -> Tensor:
-    return forward(model, batch, params)
+def top1_agreement(pre_logits: Tensor, post_logits: Tensor, attention_mask: Tensor) -> float:
+    """Fraction of real tokens where the edited model's top next token is the unedited one's."""
+    same = (pre_logits.argmax(-1) == post_logits.argmax(-1)) & attention_mask.bool()
+    return (same.sum() / attention_mask.sum()).item()
 
 
-def evaluate_model(
-    model: nn.Module,
-    tokenizer,
-    pairs: list[dict],
-    passages: list[dict],
-    edit_names: list[str],
-    lr: float | Mapping[str, Tensor],
-    steps: int,
-    max_len: int,
-    label: str = "",
-) -> list[dict]:
-    """One row per edit: edit the model (from its unedited weights each time) and measure it.
+def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
 
-    The model itself is never changed, so nothing needs restoring between edits.
+
+def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
+    """Mean of each key over the rows that have it, with `_low`/`_high` bootstrap bounds if asked.
+
+    Rows where a key is None (e.g. an edit without generality probes) do not count for that key.
     """
-    model.to(device()).eval().requires_grad_(False)
-    text = encode_passages(passages, tokenizer, max_len)
-    ppl_pre = perplexity(_score(model, text), text["labels"])
-    rows = []
-    for pair in tqdm(pairs, desc=f"evaluate {label}".strip(), unit="edit"):
-        new = collate([encode_edit(tokenizer, pair["prefix"], pair["new_name"], max_len)], tokenizer.pad_token_id, device())
-        old = collate([encode_edit(tokenizer, pair["prefix"], pair["name"], max_len)], tokenizer.pad_token_id, device())
-        logp_new_pre = sequence_logprob(_score(model, new), new["labels"]).item()
-        start = time.perf_counter()
-        with torch.enable_grad():
-            edited = apply_edit(model, detached_edit_params(model, edit_names), new, lr, steps)
-        edited = {name: value.detach() for name, value in edited.items()}
-        seconds = time.perf_counter() - start
-        new_logits = _score(model, new, edited)
-        logp_new_post = sequence_logprob(new_logits, new["labels"]).item()
-        logp_old_post = sequence_logprob(_score(model, old, edited), old["labels"]).item()
-        ppl_post = perplexity(_score(model, text, edited), text["labels"])
-        rows.append({
-            "model": label,
-            "edit_id": pair["id"],
-            "edit_success": float(edit_success(new_logits, new["labels"]).item()),
-            "counterfactual_success": float(logp_new_post > logp_old_post),
-            "logp_new_pre": logp_new_pre,
-            "logp_new_post": logp_new_post,
-            "ppl_pre": ppl_pre,
-            "ppl_post": ppl_post,
-            "ppl_drawdown": relative_drawdown(ppl_pre, ppl_post),
-            "sec_per_edit": seconds,
-        })
-    return rows
-
-
-def summarize(rows: list[dict]) -> dict[str, float]:
-    """Mean of every metric over the edits of one model."""
-    return {key: sum(row[key] for row in rows) / len(rows) for key in MODEL_METRICS}
+    summary = {}
+    for key in keys:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        if not values:
+            continue
+        summary[key] = float(np.mean(values))
+        if n_bootstrap:
+            summary[f"{key}_low"], summary[f"{key}_high"] = bootstrap_ci(values, n_bootstrap, seed)
+    return summary

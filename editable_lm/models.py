@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 
 from editable_lm.corpus import package_dir
 from editable_lm.errors import EditLMError
+from editable_lm.hub import require_hub
 from editable_lm.params import EditParams
 from editable_lm.storage import atomic_path
 
@@ -57,12 +58,13 @@ def build_base_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, object]
     elif Path(name).is_dir():
         return load_checkpoint(name, eager=False)
     else:
+        require_hub(f"model.name {name!r} (not a local checkpoint)", "model.name=smollm2-135m")
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise EditLMError(
-                f"model.name {name!r}: not a local checkpoint and not loadable from the Hugging Face hub "
+                f"model.name {name!r}: not a local checkpoint nor a model on the Hugging Face hub "
                 f"({type(exc).__name__}); use the offline default model.name=smollm2-135m"
             ) from None
     if tokenizer.pad_token is None:
@@ -129,12 +131,19 @@ def edit_parameter_names(model: nn.Module, params: EditParams) -> list[str]:
 INNER_LR_SCALE_FILE = "inner_lr_scale.safetensors"
 
 
-def inner_lr_scales(path: str | Path, names: list[str]) -> dict[str, torch.Tensor | float]:
-    """Per-tensor multipliers of the edit learning rate that MAML learned (`editable.learn_lr`); 1 otherwise."""
+def edit_learning_rates(path: str | Path, names: list[str], lr: float) -> dict[str, torch.Tensor | float]:
+    """`lr` per edited tensor, times the multiplier MAML learned for it (`editable.learn_lr`) if any."""
     file = Path(path, INNER_LR_SCALE_FILE)
     if not file.is_file():
-        return {name: 1.0 for name in names}
+        return {name: lr for name in names}
     from safetensors.torch import load_file
 
     scales = load_file(file, device=str(device()))
-    return {name: scales[name].squeeze() if name in scales else 1.0 for name in names}
+    return {name: lr * scales[name].squeeze() if name in scales else lr for name in names}
+
+
+def load_for_editing(path: str | Path, edit: EditParams) -> tuple[PreTrainedModel, object, list[str]]:
+    """A checkpoint, frozen and in eval mode, with the names of the weights an edit may change."""
+    model, tokenizer = load_checkpoint(path)
+    model.eval().requires_grad_(False)
+    return model, tokenizer, edit_parameter_names(model, edit)

@@ -82,6 +82,7 @@ def build_pairs(passages: list[dict], people: list[list[tuple[str, list[Mention]
                     "id": len(pairs),
                     "article_id": passage["article_id"],
                     "passage_id": passage["id"],
+                    "sentence_index": index,
                     "context": context,
                     "sentence": sentence,
                     "start": mention.start,
@@ -93,7 +94,38 @@ def build_pairs(passages: list[dict], people: list[list[tuple[str, list[Mention]
                 })
                 per_article[passage["article_id"]] = per_article.get(passage["article_id"], 0) + 1
                 break  # one pair per sentence
+    _add_probes(pairs, passages, people, params)
     return pairs
+
+
+def _add_probes(pairs: list[dict], passages: list[dict], people, params: PairsParams) -> None:
+    """Give each pair generality probes: other sentences of its article that mention the same person.
+
+    A probe mentions the full name or the surname alone; its target swaps in the new name in
+    the same form ("Einstein" -> "Curie" when the edit is "Albert Einstein" -> "Marie Curie").
+    Context sentences that name the person are left out, so that neither name can be copied.
+    """
+    by_article: dict[int, list[tuple[tuple[int, int], str, list[str]]]] = {}
+    for passage, sentences in zip(passages, people):
+        for index, (sentence, _) in enumerate(sentences):
+            before = [s for s, _ in sentences[max(0, index - params.context_sentences) : index]]
+            by_article.setdefault(passage["article_id"], []).append(((passage["id"], index), sentence, before))
+    for pair in pairs:
+        forms = [(pair["name"], pair["new_name"]), (pair["name"].split()[-1], pair["new_name"].split()[-1])]
+        mentions = re.compile("|".join(rf"\b{re.escape(old)}\b" for old, _ in forms))
+        probes = []
+        for where, sentence, before in by_article[pair["article_id"]]:
+            if where == (pair["passage_id"], pair["sentence_index"]) or len(probes) >= params.max_probes:
+                continue
+            context = " ".join(s for s in before if not mentions.search(s))
+            for old, new in forms:
+                match = re.search(rf"\b{re.escape(old)}\b", sentence)
+                if match and old != new and new not in sentence:
+                    prefix = f"{context} {sentence[: match.start()]}".strip()
+                    if prefix:
+                        probes.append({"prefix": prefix, "name": old, "new_name": new})
+                    break
+        pair["probes"] = probes
 
 
 def _other_name(rng: random.Random, names: list[str], name: str, sentence: str) -> str:

@@ -41,8 +41,10 @@ class PairsParams:
     max_per_article: int = 4
     context_sentences: int = 2  # preceding sentences kept as context
     n_process: int = 2  # spaCy worker processes
+    max_probes: int = 3  # generality probes kept per pair
 
     def check(self) -> None:
+        _at_least("pairs.max_probes", self.max_probes, 0)
         _at_least("pairs.n_process", self.n_process, 1)
         _at_least("pairs.max_per_article", self.max_per_article, 1)
         _at_least("pairs.context_sentences", self.context_sentences, 0)
@@ -116,19 +118,67 @@ class EditableParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    """The edit procedure and held-out samples, shared by every evaluation stage."""
+
     seed: int = 0
-    n_edits: int = 40
     edit_steps: int = 1
     edit_lr: float = 1e-3
-    n_ppl_passages: int = 8
+    kl_weight: float = 1.0  # FT+KL: weight of KL(pre || post) on the locality sample
+    n_loc_passages: int = 2  # FT+KL locality sample (validation passages)
+    n_ppl_passages: int = 8  # held-out test passages for perplexity, KL and agreement
     seq_len: int = 64
 
     def check(self) -> None:
-        _at_least("evaluate.n_edits", self.n_edits, 1)
         _at_least("evaluate.edit_steps", self.edit_steps, 1)
         _at_least("evaluate.edit_lr", self.edit_lr, 0)
+        _at_least("evaluate.kl_weight", self.kl_weight, 0)
+        _at_least("evaluate.n_loc_passages", self.n_loc_passages, 1)
         _at_least("evaluate.n_ppl_passages", self.n_ppl_passages, 1)
         _at_least("evaluate.seq_len", self.seq_len, 8)
+
+
+@dataclass(frozen=True)
+class ReliabilityParams:
+    """One edit at a time: reliability, generality, locality and leakage, with intervals."""
+
+    n_edits: int = 30
+    n_leak_probes: int = 5  # sentences about other people checked for the new name
+    n_bootstrap: int = 1000
+
+    def check(self) -> None:
+        _at_least("reliability.n_edits", self.n_edits, 1)
+        _at_least("reliability.n_leak_probes", self.n_leak_probes, 0)
+        _at_least("reliability.n_bootstrap", self.n_bootstrap, 10)
+
+
+@dataclass(frozen=True)
+class SweepParams:
+    """Edit strength: every (lr, steps) pair, to compare drawdown at matched success."""
+
+    n_edits: int = 10
+    lrs: tuple[float, ...] = (0.01, 0.03, 0.1)
+    steps: tuple[int, ...] = (1, 2)
+
+    def check(self) -> None:
+        _at_least("sweep.n_edits", self.n_edits, 1)
+        for lr in self.lrs:
+            _at_least("sweep.lrs", lr, 0)
+        for steps in self.steps:
+            _at_least("sweep.steps", steps, 1)
+        if not self.lrs or not self.steps:
+            raise ConfigError("sweep.lrs, sweep.steps: must not be empty")
+
+
+@dataclass(frozen=True)
+class SequentialParams:
+    """Many edits: one after another without resetting, and all at once in batches."""
+
+    n_edits: int = 100
+    batch_size: int = 10
+
+    def check(self) -> None:
+        _at_least("sequential.n_edits", self.n_edits, 1)
+        _at_least("sequential.batch_size", self.batch_size, 1)
 
 
 @dataclass(frozen=True)
@@ -141,6 +191,9 @@ class Params:
     train: TrainParams = TrainParams()
     editable: EditableParams = EditableParams()
     evaluate: EvaluateParams = EvaluateParams()
+    reliability: ReliabilityParams = ReliabilityParams()
+    sweep: SweepParams = SweepParams()
+    sequential: SequentialParams = SequentialParams()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -176,15 +229,18 @@ def _build_section(section: str, cls: type, values: dict):
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{section}.{key}: unknown key (known: {', '.join(known)})")
-        kwargs[key] = _coerce(f"{section}.{key}", value, type(known[key].default))
+        kwargs[key] = _coerce(f"{section}.{key}", value, type(known[key].default), known[key].default)
     params = cls(**kwargs)
     params.check()
     return params
 
 
-def _coerce(key: str, value, kind: type):
+def _coerce(key: str, value, kind: type, default=None):
     # YAML reads 1e-3 as a string; bool is a subclass of int, so check it first.
-    if kind is bool:
+    if kind is tuple:
+        if isinstance(value, list):
+            return tuple(_coerce(key, item, type(default[0])) for item in value)
+    elif kind is bool:
         if isinstance(value, bool):
             return value
     elif kind is int:
@@ -199,7 +255,7 @@ def _coerce(key: str, value, kind: type):
     elif kind is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{key}: expected {'list' if kind is tuple else kind.__name__}, got {value!r}")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

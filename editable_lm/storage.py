@@ -56,3 +56,44 @@ def write_json(path: str | Path, obj) -> None:
     """Write pretty JSON atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Write rows (dicts with the same keys) as CSV, atomically."""
+    import csv
+
+    if not rows:
+        raise EditLMError(f"{path}: no rows to write")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_json(path: str | Path):
+    """Read a JSON file; a missing file is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise EditLMError(f"{path}: file not found (run the stage that writes it: dvc repro)")
+    return json.loads(path.read_text())
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Read CSV rows, numbers as floats; a missing or empty file is an error naming it."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise EditLMError(f"{path}: file not found (run the stage that writes it: dvc repro)")
+    with open(path, newline="") as f:
+        rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if not rows:
+        raise EditLMError(f"{path}: file is empty")
+    return rows
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text

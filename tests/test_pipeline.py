@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from editable_lm.metrics import MODEL_METRICS
+from editable_lm.evaluation import EDIT_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "tests" / "smoke_params.yaml").read_text())
@@ -55,21 +55,40 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "smoke"], repo)
     ran, _ = repro(repo)
-    assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "evaluate"}
+    assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "evaluate", "sweep", "sequential", "report"}
     return repo
 
 
 def test_metrics_have_every_key_and_are_finite(repo):
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert metrics["n_edits"] == SMOKE["evaluate"]["n_edits"]
+    n_edits = SMOKE["reliability"]["n_edits"]
+    assert metrics["n_edits"] == n_edits
     for model in ("base", "finetuned", "editable"):
-        assert set(metrics[model]) == set(MODEL_METRICS)
-        assert all(math.isfinite(v) for v in metrics[model].values())
+        for procedure in ("ft", "ft_kl"):
+            values = metrics[model][procedure]
+            # generality needs probes, which a 3-edit sample may lack; every other metric is there
+            assert set(EDIT_METRICS) - {"generality"} <= set(values)
+            assert all(math.isfinite(v) for v in values.values())
+            assert values["edit_success_low"] <= values["edit_success"] <= values["edit_success_high"]
     rows = (repo / "metrics" / "evaluate_edits.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3 * SMOKE["evaluate"]["n_edits"]
+    assert len(rows) == 1 + 3 * 2 * n_edits
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "edit_success" in shown and "loss_base" in shown
+    assert "edit_success" in shown and "loss_base" in shown and "retention" in shown
+
+
+def test_report_and_figures(repo):
+    report = (repo / "metrics" / "report.md").read_text()
+    for model in ("base", "finetuned", "editable"):
+        assert f"| {model} | ft |" in report and f"| {model} | ft_kl |" in report
+    for figure in ("reliability", "tradeoff", "sequential"):
+        png = repo / "metrics" / "figures" / f"{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{figure}.png" in report
+    sweep = (repo / "metrics" / "sweep.csv").read_text().splitlines()
+    assert len(sweep) == 1 + 3 * len(SMOKE["sweep"]["lrs"]) * len(SMOKE["sweep"]["steps"])
 
 
 def test_nothing_to_do_when_unchanged(repo):
@@ -84,17 +103,24 @@ def test_data_stages_are_bit_identical_when_rerun(repo):
     assert (repo / "dvc.lock").read_text() == before
 
 
-def test_edit_lr_reruns_only_evaluate(repo):
+def test_edit_lr_reruns_only_evaluation(repo):
     set_params(repo, evaluate={"edit_lr": 0.01})
     ran, _ = repro(repo)
     # check_params validates every change to params.yaml; it has no effect on the other stages.
-    assert ran == {"check_params", "evaluate"}
+    # The sweep sets its own learning rates, so it does not rerun.
+    assert ran == {"check_params", "evaluate", "sequential", "report"}
+
+
+def test_sweep_setting_retrains_nothing(repo):
+    set_params(repo, sweep={"lrs": [0.01, 0.05]})
+    ran, _ = repro(repo)
+    assert ran == {"check_params", "sweep", "report"}
 
 
 def test_split_seed_reruns_split_and_after(repo):
     set_params(repo, split={"seed": 1})
     ran, _ = repro(repo)
-    assert ran == {"check_params", "split", "finetune", "editable", "evaluate"}
+    assert ran == {"check_params", "split", "finetune", "editable", "evaluate", "sweep", "sequential", "report"}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,17 @@
+"""Figures and a Markdown report comparing the three models, from the evaluation metrics."""
+
+from editable_lm.cli import run_stage, stage_args
+from editable_lm.report import write_report
+from editable_lm.storage import read_csv, read_json
+
+
+def main() -> None:
+    _, args = stage_args(__doc__, "--evaluate", "--sweep", "--sequential", "--batched", "--figures", "--out")
+    write_report(
+        read_json(args.evaluate), read_csv(args.sweep), read_csv(args.sequential), read_csv(args.batched),
+        figures=args.figures, out=args.out,
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

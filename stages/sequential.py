@@ -1,0 +1,39 @@
+"""Many edits: one after another without resetting (retention, drawdown), and in batches."""
+
+from pathlib import Path
+
+from editable_lm.cli import run_stage, stage_args
+from editable_lm.evaluation import Procedure, batched_edits, held_out, reference, sequential_edits
+from editable_lm.metrics import summarize
+from editable_lm.models import edit_learning_rates, load_for_editing
+from editable_lm.storage import read_jsonl, write_csv, write_json
+
+MODELS = ("base", "finetuned", "editable")
+
+
+def main() -> None:
+    params, args = stage_args(__doc__, "--split", *(f"--{m}" for m in MODELS), "--metrics", "--rows", "--batch-rows")
+    cfg, seq = params.evaluate, params.sequential
+    pairs = held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), seq.n_edits, cfg.seed)
+    passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages, cfg.seed)
+    summary, rows, batch_rows = {"n_edits": len(pairs), "batch_size": seq.batch_size}, [], []
+    for label in MODELS:
+        path = getattr(args, label)
+        model, tokenizer, names = load_for_editing(path, params.edit)
+        ref = reference(model, tokenizer, passages, cfg.seq_len)
+        procedure = Procedure("ft", edit_learning_rates(path, names, cfg.edit_lr), cfg.edit_steps)
+        curve = sequential_edits(model, tokenizer, pairs, names, procedure, ref, cfg.seq_len, label)
+        batches = batched_edits(model, tokenizer, pairs, names, procedure, ref, cfg.seq_len, seq.batch_size)
+        summary[label] = {
+            "sequential": {k: curve[-1][k] for k in ("retention", "ppl_drawdown", "kl", "top1_agreement")},
+            "batched": summarize(batches, ("edit_success", "ppl_drawdown", "kl", "top1_agreement")),
+        }
+        rows += [{"model": label, **row} for row in curve]
+        batch_rows += [{"model": label, **row} for row in batches]
+    write_json(args.metrics, summary)
+    write_csv(args.rows, rows)
+    write_csv(args.batch_rows, batch_rows)
+
+
+if __name__ == "__main__":
+    run_stage(main)
