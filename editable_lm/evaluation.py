@@ -20,6 +20,8 @@ from editable_lm.metrics import edit_success, perplexity, relative_drawdown, seq
 from editable_lm.models import device
 from editable_lm.training import encode_edits, encode_passages
 
+MODELS = ("base", "finetuned", "editable")  # the three models every evaluation stage compares
+
 # Per-edit metrics of `measure_edit`; rates and means are summarised with bootstrap intervals.
 EDIT_METRICS = (
     "edit_success", "counterfactual_success", "generality", "leakage", "logp_new_pre", "logp_new_post",

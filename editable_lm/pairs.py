@@ -77,7 +77,9 @@ def build_pairs(passages: list[dict], people: list[list[tuple[str, list[Mention]
                 prefix = f"{context} {sentence[: mention.start]}".strip()
                 if not prefix:
                     continue
-                new_name = _other_name(rng, names, mention.name, sentence)
+                new_name = _other_name(rng, names, mention.name, f"{context} {sentence}")
+                if new_name is None:
+                    continue
                 pairs.append({
                     "id": len(pairs),
                     "article_id": passage["article_id"],
@@ -94,6 +96,8 @@ def build_pairs(passages: list[dict], people: list[list[tuple[str, list[Mention]
                 })
                 per_article[passage["article_id"]] = per_article.get(passage["article_id"], 0) + 1
                 break  # one pair per sentence
+    if not pairs:
+        raise EditLMError("pairs: no edit pair could be built (no PERSON mention with context and a name to swap in)")
     _add_probes(pairs, passages, people, params)
     return pairs
 
@@ -111,7 +115,9 @@ def _add_probes(pairs: list[dict], passages: list[dict], people, params: PairsPa
             before = [s for s, _ in sentences[max(0, index - params.context_sentences) : index]]
             by_article.setdefault(passage["article_id"], []).append(((passage["id"], index), sentence, before))
     for pair in pairs:
-        forms = [(pair["name"], pair["new_name"]), (pair["name"].split()[-1], pair["new_name"].split()[-1])]
+        forms = [(pair["name"], pair["new_name"])]
+        if pair["name"][-1].isalpha():  # a surname, not "Jr." or "II."
+            forms.append((pair["name"].split()[-1], pair["new_name"].split()[-1]))
         mentions = re.compile("|".join(rf"\b{re.escape(old)}\b" for old, _ in forms))
         probes = []
         for where, sentence, before in by_article[pair["article_id"]]:
@@ -120,7 +126,7 @@ def _add_probes(pairs: list[dict], passages: list[dict], people, params: PairsPa
             context = " ".join(s for s in before if not mentions.search(s))
             for old, new in forms:
                 match = re.search(rf"\b{re.escape(old)}\b", sentence)
-                if match and old != new and new not in sentence:
+                if match and old != new and new not in f"{context} {sentence}":
                     prefix = f"{context} {sentence[: match.start()]}".strip()
                     if prefix:
                         probes.append({"prefix": prefix, "name": old, "new_name": new})
@@ -128,11 +134,11 @@ def _add_probes(pairs: list[dict], passages: list[dict], people, params: PairsPa
         pair["probes"] = probes
 
 
-def _other_name(rng: random.Random, names: list[str], name: str, sentence: str) -> str:
+def _other_name(rng: random.Random, names: list[str], name: str, text: str) -> str | None:
     # Neither name may contain the other ("Einstein" vs "Albert Einstein" is not a swap),
-    # and the new name must not already be in the sentence.
+    # and the new name must not already be in the text (it could be copied from there).
     for _ in range(1000):
         candidate = rng.choice(names)
-        if candidate not in name and name not in candidate and candidate not in sentence:
+        if candidate not in name and name not in candidate and candidate not in text:
             return candidate
-    raise EditLMError(f"pairs: found no PERSON name unrelated to {name!r} to swap in")
+    return None  # no name to swap in: this mention gives no pair

@@ -99,8 +99,8 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EditableParams:
-    inner_steps: int = 1
-    inner_lr: float = 1e-3
+    inner_steps: int = 2
+    inner_lr: float = 3e-2
     cbase: float = 1.0
     cedit: float = 1.0
     cloc: float = 1.0
@@ -121,8 +121,8 @@ class EvaluateParams:
     """The edit procedure and held-out samples, shared by every evaluation stage."""
 
     seed: int = 0
-    edit_steps: int = 1
-    edit_lr: float = 1e-3
+    edit_steps: int = 2
+    edit_lr: float = 3e-2
     kl_weight: float = 1.0  # FT+KL: weight of KL(pre || post) on the locality sample
     n_loc_passages: int = 2  # FT+KL locality sample (validation passages)
     n_ppl_passages: int = 8  # held-out test passages for perplexity, KL and agreement
@@ -135,6 +135,9 @@ class EvaluateParams:
         _at_least("evaluate.n_loc_passages", self.n_loc_passages, 1)
         _at_least("evaluate.n_ppl_passages", self.n_ppl_passages, 1)
         _at_least("evaluate.seq_len", self.seq_len, 8)
+        if self.kl_weight > 0 and self.edit_steps < 2:
+            # KL(pre || post) has zero gradient at the unedited weights: one step would be plain FT.
+            raise ConfigError("evaluate.edit_steps: FT+KL needs at least 2 steps (or evaluate.kl_weight: 0)")
 
 
 @dataclass(frozen=True)

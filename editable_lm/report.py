@@ -10,9 +10,9 @@ import matplotlib
 matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from editable_lm.evaluation import MODELS  # noqa: E402
 from editable_lm.storage import atomic_path  # noqa: E402
 
-MODELS = ("base", "finetuned", "editable")
 RATES = ("edit_success", "counterfactual_success", "generality", "leakage", "top1_agreement")
 TABLE = RATES + ("ppl_drawdown", "kl", "logp_new_pre", "logp_new_post", "sec_per_edit")
 MATCHED_SUCCESS = 0.5  # the success level at which the sweep compares drawdown

@@ -3,12 +3,10 @@
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.evaluation import Procedure, batched_edits, held_out, reference, sequential_edits
+from editable_lm.evaluation import MODELS, Procedure, batched_edits, held_out, reference, sequential_edits
 from editable_lm.metrics import summarize
 from editable_lm.models import edit_learning_rates, load_for_editing
 from editable_lm.storage import read_jsonl, write_csv, write_json
-
-MODELS = ("base", "finetuned", "editable")
 
 
 def main() -> None:

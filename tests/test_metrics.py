@@ -1,4 +1,4 @@
-"""Evaluation metrics, on hand-made logits and on a tiny random Llama."""
+"""Metric functions, on hand-made logits and known distributions."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_llama
-from editable_lm.editing import IGNORE, collate, encode_edit, forward
+import numpy as np
+
+from editable_lm.editing import IGNORE
 from editable_lm.metrics import (
-    MODEL_METRICS, edit_success, evaluate_model, perplexity, relative_drawdown, sequence_logprob, summarize,
+    bootstrap_ci, edit_success, perplexity, relative_drawdown, sequence_logprob, summarize, top1_agreement,
 )
-from editable_lm.models import edit_parameter_names
-from editable_lm.params import EditParams
 
 V = 7
 
@@ -61,52 +60,48 @@ def test_relative_drawdown():
     assert relative_drawdown(10, 9) == pytest.approx(-0.1)
 
 
-def test_summarize_averages_every_metric():
-    """summarize is the mean of each model metric over rows; other keys are ignored."""
-    rows = [{**{k: float(i) for k, i in zip(MODEL_METRICS, range(8))}, "model": "a"},
-            {**{k: float(i) * 3 for k, i in zip(MODEL_METRICS, range(8))}, "model": "a"}]
-    assert summarize(rows) == {k: 2.0 * i for k, i in zip(MODEL_METRICS, range(8))}
+def test_top1_agreement():
+    """1.0 for identical logits; padded positions do not count; one flipped argmax out of 3 real tokens is 2/3."""
+    pre = one_hot_logits([[1, 2, 3, 4], [5, 6, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    assert top1_agreement(pre, pre.clone(), mask) == 1.0
+    padded_changed = one_hot_logits([[1, 2, 3, 4], [5, 6, 3, 3]])  # differs only under the mask's zeros
+    assert top1_agreement(pre, padded_changed, mask) == 1.0
+    flipped = one_hot_logits([[1, 2, 3, 4], [5, 2, 0, 0]])  # 1 of the 6 real tokens changed
+    assert top1_agreement(pre, flipped, mask) == pytest.approx(5 / 6)
+    assert top1_agreement(pre, flipped, torch.tensor([[0, 0, 0, 0], [1, 1, 1, 0]])) == pytest.approx(2 / 3)
 
 
-PAIRS = [
-    {"id": 0, "prefix": "The theory of relativity was developed by", "name": "Albert Einstein", "new_name": "Marie Curie"},
-    {"id": 1, "prefix": "Radioactivity was studied in Paris by", "name": "Marie Curie", "new_name": "Niels Bohr"},
-]
-PASSAGES = [
-    {"text": "Isaac Newton wrote the Principia, a book about motion and gravity."},
-    {"text": "Copenhagen is the capital of Denmark."},
-]
+def test_bootstrap_ci_of_a_bernoulli_mean():
+    """2000 Bernoulli(0.3) draws: the 95% interval holds 0.3 and is about 2*1.96*sd wide."""
+    values = (np.random.default_rng(0).random(2000) < 0.3).astype(float)
+    low, high = bootstrap_ci(values, n_resamples=2000, seed=1)
+    assert low < 0.3 < high and low < values.mean() < high
+    expected = 2 * 1.96 * math.sqrt(0.3 * 0.7 / 2000)
+    assert high - low == pytest.approx(expected, rel=0.1)
+    assert bootstrap_ci(values, n_resamples=2000, seed=1) == (low, high)  # same seed, same interval
+    assert bootstrap_ci(values, n_resamples=2000, seed=2) != (low, high)
 
 
-@pytest.fixture
-def model_and_names(tokenizer):
-    """A tiny random Llama over SmolLM2's vocabulary and its top-block MLP weights."""
-    model = tiny_llama(vocab=len(tokenizer))
-    return model, edit_parameter_names(model, EditParams(blocks=1))
+def test_bootstrap_ci_of_constant_values_has_zero_width():
+    """Every resample of a constant has the same mean: a zero-width interval at that value."""
+    low, high = bootstrap_ci([0.7] * 50, n_resamples=200)
+    assert low == high and low == pytest.approx(0.7)
 
 
-def test_evaluate_with_zero_lr_changes_nothing(tokenizer, model_and_names):
-    """With lr 0 the edited model is the model: no drawdown, same log-probs and success."""
-    model, names = model_and_names
-    rows = evaluate_model(model, tokenizer, PAIRS, PASSAGES, names, lr=0.0, steps=1, max_len=32, label="m")
-    assert [r["edit_id"] for r in rows] == [0, 1] and {r["model"] for r in rows} == {"m"}
-    for row, pair in zip(rows, PAIRS):
-        assert set(MODEL_METRICS) <= set(row)
-        assert all(math.isfinite(row[k]) for k in MODEL_METRICS)
-        assert row["ppl_drawdown"] == pytest.approx(0.0, abs=1e-6)
-        assert row["ppl_post"] == pytest.approx(row["ppl_pre"], rel=1e-6)
-        assert row["logp_new_post"] == pytest.approx(row["logp_new_pre"], abs=1e-5)
-        new = collate([encode_edit(tokenizer, pair["prefix"], pair["new_name"], 32)], tokenizer.pad_token_id)
-        with torch.no_grad():
-            assert row["edit_success"] == float(edit_success(forward(model, new), new["labels"]).item())
+def test_summarize_means_over_rows_that_have_the_key():
+    """Mean per key over rows with a non-None value; keys that no row has are left out."""
+    rows = [{"a": 1.0, "b": None, "c": 2.0}, {"a": 3.0, "b": 4.0}, {"a": 5.0, "b": None, "d": 9.0}]
+    assert summarize(rows, ("a", "b", "c", "e")) == {"a": 3.0, "b": 4.0, "c": 2.0}
 
 
-def test_evaluate_large_lr_raises_new_name_logprob(tokenizer, model_and_names):
-    """A real edit makes the new name more likely, and does not touch the model's weights."""
-    model, names = model_and_names
-    before = {n: p.clone() for n, p in model.state_dict().items()}
-    rows = evaluate_model(model, tokenizer, PAIRS, PASSAGES, names, lr=1.0, steps=3, max_len=32)
-    for row in rows:
-        assert row["logp_new_post"] > row["logp_new_pre"] + 0.05
-        assert row["sec_per_edit"] > 0
-    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+def test_summarize_bootstrap_bounds_bracket_the_mean():
+    """With n_bootstrap, each key gets _low <= mean <= _high; the same seed gives the same bounds."""
+    rows = [{"x": float(i % 3 == 0), "y": i / 10} for i in range(30)]
+    summary = summarize(rows, ("x", "y"), n_bootstrap=300, seed=4)
+    assert set(summary) == {"x", "x_low", "x_high", "y", "y_low", "y_high"}
+    for key in ("x", "y"):
+        assert summary[f"{key}_low"] < summary[key] < summary[f"{key}_high"]
+    assert summary["x"] == pytest.approx(10 / 30) and summary["y"] == pytest.approx(1.45)
+    assert summarize(rows, ("x", "y"), n_bootstrap=300, seed=4) == summary
+    assert set(summarize(rows, ("x",))) == {"x"}  # no bounds without n_bootstrap

@@ -105,8 +105,8 @@ def test_prefix_uses_context_sentences():
         assert first["new_name"] == "Ann Lee"  # the only other name
         assert first["edited_sentence"] == "Then Ann Lee spoke."
         assert (first["passage_id"], first["article_id"]) == (7, 4)
-    pairs = build_pairs(passages, people, PairsParams(context_sentences=1))
-    assert pairs[1]["name"] == "Ann Lee" and pairs[1]["prefix"] == "Then Carl Sagan spoke."
+    # "Ann Lee" has "Then Carl Sagan spoke." as context: the only other name is there, so no pair.
+    assert len(build_pairs(passages, people, PairsParams(context_sentences=1))) == 1
     # With no context, "Ann Lee" opens her sentence: no pair for it.
     assert len(build_pairs(passages, people, PairsParams(context_sentences=0))) == 1
 
@@ -133,7 +133,83 @@ def test_needs_two_names():
 
 
 def test_no_unrelated_name():
-    """Names that contain each other are not swaps; with no other name, it is an error."""
+    """Names that contain each other are not swaps; with no other name, no pair, and no pairs at all is an error."""
     people = [[("We met Ann Lee.", [Mention("Ann Lee", 7, 14)]), ("Then Ann Lee Jones left.", [Mention("Ann Lee Jones", 5, 18)])]]
-    with pytest.raises(EditLMError, match="Ann Lee"):
+    with pytest.raises(EditLMError, match="no edit pair"):
         build_pairs([{"id": 0, "article_id": 0}], people, PairsParams())
+
+
+def test_mention_without_a_free_name_is_skipped():
+    """A name already in the context cannot be swapped in; that mention gives no pair, the others do."""
+    people = [[("Then Carl Sagan spoke.", [Mention("Carl Sagan", 5, 15)]), ("Ann Lee listened.", [Mention("Ann Lee", 0, 7)])]]
+    pairs = build_pairs([{"id": 0, "article_id": 0}], people, PairsParams(context_sentences=1))
+    assert [(p["name"], p["new_name"]) for p in pairs] == [("Carl Sagan", "Ann Lee")]
+
+
+# Generality probes, on hand-made mentions.
+
+def mention(sentence: str, name: str) -> Mention:
+    start = sentence.index(name)
+    return Mention(name, start, start + len(name))
+
+
+def sentences(*texts_and_names: tuple[str, list[str]]) -> list[tuple[str, list[Mention]]]:
+    return [(text, [mention(text, name) for name in names]) for text, names in texts_and_names]
+
+
+# Article 0 spans passages 0 and 1; article 1 (passage 2) names Albert Einstein too.
+PROBE_PEOPLE = [
+    sentences(
+        ("Physics changed in 1905.", []),
+        ("The theory was developed by Albert Einstein.", ["Albert Einstein"]),
+        ("It was about light.", []),
+        ("Later Einstein moved to Princeton.", []),  # the surname alone (not a PERSON mention)
+        ("Everyone there knew Albert Einstein.", ["Albert Einstein"]),
+    ),
+    sentences(("A prize went to Einstein in 1921.", [])),
+    sentences(("Marie Curie studied radium.", ["Marie Curie"]), ("Her friend Albert Einstein visited.", ["Albert Einstein"])),
+]
+PROBE_PASSAGES = [{"id": 0, "article_id": 0}, {"id": 1, "article_id": 0}, {"id": 2, "article_id": 1}]
+
+
+def probe_pairs(**params) -> list[dict]:
+    return build_pairs(PROBE_PASSAGES, PROBE_PEOPLE, PairsParams(context_sentences=2, **params))
+
+
+def test_probes_from_other_sentences_of_the_article():
+    """Full-name and surname-only sentences of the same article are probes, the target in the same form."""
+    first = probe_pairs()[0]
+    assert (first["sentence"], first["new_name"]) == ("The theory was developed by Albert Einstein.", "Marie Curie")
+    assert first["probes"] == [
+        # Context "The theory ... Albert Einstein." names him and is left out; "It was about light." stays.
+        {"prefix": "It was about light. Later", "name": "Einstein", "new_name": "Curie"},
+        # "Later Einstein moved ..." (surname) is left out of the context too.
+        {"prefix": "It was about light. Everyone there knew", "name": "Albert Einstein", "new_name": "Marie Curie"},
+        {"prefix": "A prize went to", "name": "Einstein", "new_name": "Curie"},  # another passage of the article
+    ]
+
+
+def test_probe_context_never_names_the_person():
+    """No probe prefix contains the edited name or its surname, so the answer cannot be copied."""
+    for pair in probe_pairs():
+        for probe in pair["probes"]:
+            assert pair["name"].split()[-1] not in probe["prefix"]
+
+
+def test_own_sentence_and_other_articles_are_never_probes():
+    """A pair's own sentence is not its probe; article 1's pair gets none of article 0's sentences."""
+    pairs = {p["sentence"]: p for p in probe_pairs()}
+    later = pairs["Everyone there knew Albert Einstein."]
+    assert [p["prefix"] for p in later["probes"]] == [
+        "Physics changed in 1905. The theory was developed by", "It was about light. Later", "A prize went to",
+    ]
+    # Article 1's own pair would need a new name absent from its context: "Marie Curie" is there.
+    assert "Her friend Albert Einstein visited." not in pairs
+
+
+def test_max_probes_caps_the_count():
+    """At most max_probes probes per pair, the first ones in article order; 0 gives none."""
+    full = probe_pairs()[0]["probes"]
+    assert len(full) == 3
+    assert probe_pairs(max_probes=2)[0]["probes"] == full[:2]
+    assert probe_pairs(max_probes=0)[0]["probes"] == []

@@ -25,9 +25,9 @@ def test_empty_file_gives_defaults(tmp_path):
 
 def test_missing_keys_take_defaults(tmp_path):
     """Keys left out keep their defaults; given keys are used."""
-    params = load_params(write(tmp_path, "train:\n  steps: 7\nevaluate:\n  n_edits: 3\n"))
+    params = load_params(write(tmp_path, "train:\n  steps: 7\nreliability:\n  n_edits: 3\n"))
     assert params.train.steps == 7
-    assert params.evaluate.n_edits == 3
+    assert params.reliability.n_edits == 3
     assert params.train.lr == Params().train.lr
     assert params.data == Params().data
 

@@ -1,0 +1,227 @@
+"""Edit evaluation on a tiny random Llama over SmolLM2's vocabulary: cases whose answer is known."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+from editable_lm.editing import collate, encode_edit, forward
+from editable_lm.evaluation import (
+    EDIT_METRICS, Procedure, batched_edits, edit_model, evaluate_edits, held_out, locality, log_schedule, measure_edit,
+    procedures, reference, sequential_edits,
+)
+from editable_lm.metrics import edit_success, sequence_logprob
+from editable_lm.models import edit_parameter_names
+from editable_lm.params import EditParams
+from editable_lm.training import encode_edits
+
+MAX_LEN = 32
+PAIRS = [
+    {"id": 0, "article_id": 0, "prefix": "The theory of relativity was developed by", "name": "Albert Einstein",
+     "new_name": None,  # set to the model's own greedy prediction, so that this edit already succeeds
+     "probes": [{"prefix": "In 1921 the Nobel Prize in Physics went to", "name": "Albert Einstein", "new_name": "Marie Curie"},
+                {"prefix": "Light quanta were explained by", "name": "Einstein", "new_name": "Curie"}]},
+    {"id": 1, "article_id": 0, "prefix": "Radioactivity was studied in Paris by", "name": "Marie Curie", "new_name": "Niels Bohr",
+     "probes": [{"prefix": "Polonium was discovered by", "name": "Curie", "new_name": "Bohr"}]},
+    {"id": 2, "article_id": 1, "prefix": "The Principia was written by", "name": "Isaac Newton", "new_name": "Werner Heisenberg",
+     "probes": []},
+    {"id": 3, "article_id": 2, "prefix": "The famous lectures on physics were given by", "name": "Richard Feynman",
+     "new_name": "Paul Dirac", "probes": []},
+]
+PASSAGES = [
+    {"text": "Copenhagen is the capital of Denmark, a country in northern Europe."},
+    {"text": "Isaac Newton wrote the Principia, a book about motion and gravity."},
+]
+LOC_PASSAGES = [{"text": "The river flows through the old town to the sea."}, {"text": "Bread is baked from flour and water."}]
+
+
+@pytest.fixture
+def model(tokenizer):
+    return tiny_llama(vocab=len(tokenizer)).requires_grad_(False)
+
+
+@pytest.fixture
+def names(model):
+    """The MLP weights of the top block."""
+    return edit_parameter_names(model, EditParams(blocks=1))
+
+
+@pytest.fixture
+def ref(model, tokenizer):
+    return reference(model, tokenizer, PASSAGES, MAX_LEN)
+
+
+def greedy_name(model, tokenizer, prefix: str) -> str:
+    """The word the model predicts after `prefix`, checked to encode back as that one token."""
+    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    token = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
+    word = tokenizer.decode([token])
+    assert word.startswith(" ") and tokenizer(word, add_special_tokens=False)["input_ids"] == [token]
+    return word.strip()
+
+
+@pytest.fixture
+def pairs(model, tokenizer):
+    pairs = copy.deepcopy(PAIRS)
+    pairs[0]["new_name"] = greedy_name(model, tokenizer, pairs[0]["prefix"])
+    return pairs
+
+
+def logp(model, tokenizer, prefix: str, name: str) -> float:
+    batch = collate([encode_edit(tokenizer, prefix, name, MAX_LEN)], tokenizer.pad_token_id)
+    return sequence_logprob(forward(model, batch), batch["labels"]).item()
+
+
+def pre_edit_success(model, tokenizer, pairs) -> list[float]:
+    """Whether the unedited model already predicts each new name, computed without the evaluation module."""
+    out = []
+    for pair in pairs:
+        batch = collate([encode_edit(tokenizer, pair["prefix"], pair["new_name"], MAX_LEN)], tokenizer.pad_token_id)
+        out.append(float(edit_success(forward(model, batch), batch["labels"]).item()))
+    return out
+
+
+@torch.no_grad()
+def test_edit_with_zero_lr_changes_nothing(model, tokenizer, names, ref, pairs):
+    """lr=0: no drawdown, KL 0, full top-1 agreement, no leakage, success and counterfactual as before."""
+    rows = evaluate_edits(model, tokenizer, pairs, names, Procedure("ft", 0.0, 2), ref, MAX_LEN, n_leak_probes=2)
+    success = pre_edit_success(model, tokenizer, pairs)
+    assert success[0] == 1.0 and 0.0 in success  # both outcomes occur, so the comparison can fail
+    assert [r["edit_id"] for r in rows] == [0, 1, 2, 3]
+    for row, pair, succeeded in zip(rows, pairs, success):
+        assert set(EDIT_METRICS) <= set(row)
+        assert (row["generality"] is None) == (not pair["probes"])
+        assert row["ppl_drawdown"] == pytest.approx(0.0, abs=1e-6)
+        assert row["kl"] == pytest.approx(0.0, abs=1e-6)
+        assert row["top1_agreement"] == 1.0
+        assert row["leakage"] == 0.0
+        assert row["logp_new_post"] == pytest.approx(row["logp_new_pre"], abs=1e-5)
+        assert row["logp_new_pre"] == pytest.approx(logp(model, tokenizer, pair["prefix"], pair["new_name"]), abs=1e-4)
+        assert row["edit_success"] == succeeded
+        wins = logp(model, tokenizer, pair["prefix"], pair["new_name"]) > logp(model, tokenizer, pair["prefix"], pair["name"])
+        assert row["counterfactual_success"] == float(wins)
+        if pair["probes"]:
+            general = [logp(model, tokenizer, p["prefix"], p["new_name"]) > logp(model, tokenizer, p["prefix"], p["name"]) for p in pair["probes"]]
+            assert row["generality"] == pytest.approx(sum(general) / len(general))
+
+
+def test_strong_edit_raises_new_name_logprob(model, tokenizer, names, ref, pairs):
+    """lr=1, 3 steps: the new name becomes more likely; the model's own weights stay as they were."""
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    for pair in pairs:
+        row = measure_edit(model, tokenizer, pair, [], names, Procedure("ft", 1.0, 3), ref, MAX_LEN)
+        assert row["logp_new_post"] > row["logp_new_pre"] + 0.05
+        assert row["leakage"] is None  # no leak pairs given
+        assert row["sec_per_edit"] > 0
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+SURNAMES = ("Smith", "Brown", "Jones", "Miller", "Davis", "Wilson", "Taylor", "Clark", "Newton", "Darwin", "Planck", "Euler")
+
+
+def test_strong_edit_flips_a_close_counterfactual(model, tokenizer, names, ref):
+    """When the old name barely beats the new one, an edit flips it: counterfactual, same-sentence probe and leak probe."""
+    prefix = PAIRS[1]["prefix"]
+    one_token = [s for s in SURNAMES if len(tokenizer(" " + s, add_special_tokens=False)["input_ids"]) == 1]
+    new, old = sorted(one_token, key=lambda s: logp(model, tokenizer, prefix, s))[:2]  # new just below old
+    assert logp(model, tokenizer, prefix, new) < logp(model, tokenizer, prefix, old)
+    pair = {"id": 9, "article_id": 5, "prefix": prefix, "name": old, "new_name": new,
+            "probes": [{"prefix": prefix, "name": old, "new_name": new}]}  # the edit's own sentence as a probe
+    # Leak probes: the same sentence (new name newly wins: leaks) and one the new name already won before.
+    leak_pairs = [{"prefix": prefix, "name": old}, {"prefix": prefix, "name": "Albert Einstein"}]
+    row = measure_edit(model, tokenizer, pair, leak_pairs, names, Procedure("ft", 1.0, 3), ref, MAX_LEN)
+    assert (row["counterfactual_success"], row["generality"], row["leakage"]) == (1.0, 1.0, 0.5)
+
+
+def test_no_leakage_probes_gives_none(model, tokenizer, names, ref, pairs):
+    """Without leakage probes (n_leak_probes=0, or no pair from another article), leakage is None."""
+    rows = evaluate_edits(model, tokenizer, pairs[:2], names, Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=0)
+    assert [r["leakage"] for r in rows] == [None, None]
+    same_article = pairs[:2]  # both in article 0: nothing to probe leakage with
+    rows = evaluate_edits(model, tokenizer, same_article, names, Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=3)
+    assert [r["leakage"] for r in rows] == [None, None]
+
+
+def test_kl_penalty_keeps_locality_sample_closer(model, tokenizer, names, pairs):
+    """FT+KL with a huge weight has lower KL on its locality sample than FT at the same lr and steps."""
+    ft, ft_kl = procedures(model, tokenizer, LOC_PASSAGES, lr=0.5, steps=5, kl_weight=1e4, max_len=MAX_LEN)
+    assert (ft.name, ft_kl.name) == ("ft", "ft_kl") and ft.locality is None and ft_kl.locality is not None
+    for pair in pairs[1:3]:
+        batch = encode_edits([pair], tokenizer, MAX_LEN)
+        kl_ft = locality(model, ft_kl.locality, edit_model(model, names, batch, ft))["kl"]
+        kl_penalised = locality(model, ft_kl.locality, edit_model(model, names, batch, ft_kl))["kl"]
+        assert kl_ft > 0 and kl_penalised < 0.5 * kl_ft
+
+
+def test_kl_penalty_has_no_effect_on_a_single_step(model, tokenizer, names, pairs):
+    """KL(pre || post) has zero gradient at the unedited weights, so one FT+KL step equals one FT step."""
+    ft, ft_kl = procedures(model, tokenizer, LOC_PASSAGES, lr=1.0, steps=1, kl_weight=1e4, max_len=MAX_LEN)
+    batch = encode_edits([pairs[1]], tokenizer, MAX_LEN)
+    plain, penalised = edit_model(model, names, batch, ft), edit_model(model, names, batch, ft_kl)
+    assert any(not torch.equal(plain[n], model.get_parameter(n)) for n in names)
+    for name in names:
+        torch.testing.assert_close(penalised[name], plain[name], rtol=0, atol=1e-6)
+
+
+def test_log_schedule():
+    """1, 2, 5, 10, ... up to and including n."""
+    assert log_schedule(100) == [1, 2, 5, 10, 20, 50, 100]
+    assert log_schedule(7) == [1, 2, 5, 7]
+    assert log_schedule(1) == [1]
+    assert log_schedule(4) == [1, 2, 4]
+
+
+@torch.no_grad()
+def test_sequential_retention_when_nothing_is_forgotten(model, tokenizer, names, ref, pairs):
+    """lr=0: at every checkpoint retention is the pre-edit success rate of the edits so far, drawdown 0."""
+    rows = sequential_edits(model, tokenizer, pairs, names, Procedure("ft", 0.0, 1), ref, MAX_LEN)
+    success = pre_edit_success(model, tokenizer, pairs)
+    assert [r["n_edits"] for r in rows] == [1, 2, 4]
+    for row in rows:
+        n = row["n_edits"]
+        assert row["retention"] == pytest.approx(sum(success[:n]) / n)
+        assert row["ppl_drawdown"] == pytest.approx(0.0, abs=1e-6) and row["kl"] == pytest.approx(0.0, abs=1e-6)
+        assert row["top1_agreement"] == 1.0
+    assert rows[0]["retention"] == 1.0 and rows[-1]["retention"] < 1.0
+
+
+def test_sequential_edits_build_on_each_other(model, tokenizer, names, ref, pairs):
+    """The second edit starts from the first one's weights, and the model's own parameters never change."""
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    procedure = Procedure("ft", 1.0, 2)
+    rows = sequential_edits(model, tokenizer, pairs[1:3], names, procedure, ref, MAX_LEN)
+    first = edit_model(model, names, encode_edits([pairs[1]], tokenizer, MAX_LEN), procedure)
+    second = encode_edits([pairs[2]], tokenizer, MAX_LEN)
+    chained = locality(model, ref, edit_model(model, names, second, procedure, start=first))["kl"]
+    alone = locality(model, ref, edit_model(model, names, second, procedure))["kl"]
+    assert rows[-1]["kl"] == pytest.approx(chained, rel=1e-4) and rows[-1]["kl"] != pytest.approx(alone, rel=1e-2)
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+@torch.no_grad()
+def test_batched_edits_one_row_per_batch(model, tokenizer, names, ref, pairs):
+    """ceil(n / batch_size) rows; with lr=0 each row's success is its batch's pre-edit success rate."""
+    success = pre_edit_success(model, tokenizer, pairs)
+    for size in (1, 3, 4):
+        rows = batched_edits(model, tokenizer, pairs, names, Procedure("ft", 0.0, 1), ref, MAX_LEN, size)
+        assert [r["batch"] for r in rows] == list(range(math.ceil(len(pairs) / size)))
+        for row in rows:
+            chunk = success[row["batch"] * size : (row["batch"] + 1) * size]
+            assert row["edit_success"] == pytest.approx(sum(chunk) / len(chunk))
+            assert row["ppl_drawdown"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_held_out_is_a_seeded_prefix():
+    """A smaller n takes a prefix of a larger n's sample; same seed same sample; the input is untouched."""
+    rows = [{"id": i} for i in range(20)]
+    original = copy.deepcopy(rows)
+    small, large = held_out(rows, 5, seed=3), held_out(rows, 12, seed=3)
+    assert large[:5] == small and len(large) == 12
+    assert held_out(rows, 12, seed=3) == large
+    assert held_out(rows, 12, seed=4) != large
+    assert sorted(r["id"] for r in held_out(rows, 50, seed=3)) == list(range(20))
+    assert rows == original
