@@ -54,7 +54,8 @@ def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0, level: float = 
 def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
     """Mean of each key over the rows that have it, with `_low`/`_high` bootstrap bounds if asked.
 
-    Rows where a key is None (e.g. an edit without generality probes) do not count for that key.
+    Rows where a key is None (e.g. an edit without generality probes) do not count for that key;
+    `{key}_n` then says how many did.
     """
     summary = {}
     for key in keys:
@@ -62,6 +63,8 @@ def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, see
         if not values:
             continue
         summary[key] = float(np.mean(values))
+        if len(values) < len(rows):
+            summary[f"{key}_n"] = len(values)
         if n_bootstrap:
             summary[f"{key}_low"], summary[f"{key}_high"] = bootstrap_ci(values, n_bootstrap, seed)
     return summary

@@ -178,10 +178,12 @@ class SequentialParams:
 
     n_edits: int = 100
     batch_size: int = 10
+    n_batches: int = 4  # batched edits use the first batch_size * n_batches of the edits
 
     def check(self) -> None:
         _at_least("sequential.n_edits", self.n_edits, 1)
         _at_least("sequential.batch_size", self.batch_size, 1)
+        _at_least("sequential.n_batches", self.n_batches, 1)
 
 
 @dataclass(frozen=True)

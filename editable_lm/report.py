@@ -112,6 +112,8 @@ def write_report(evaluate: dict, sweep: list[dict], sequential: list[dict], batc
         f"## One edit at a time ({evaluate['n_edits']} held-out test edits, mean [95% bootstrap CI])",
         "",
         "`ft`: plain gradient steps on the edit; `ft_kl`: the same with a KL penalty on a locality sample.",
+        f"Generality is measured on the {evaluate['base']['ft'].get('generality_n', 'all')} edits that have probes "
+        "(other sentences of the same article naming the person).",
         "",
         reliability_table(evaluate),
         "",

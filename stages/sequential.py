@@ -14,14 +14,15 @@ def main() -> None:
     cfg, seq = params.evaluate, params.sequential
     pairs = held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), seq.n_edits, cfg.seed)
     passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages, cfg.seed)
-    summary, rows, batch_rows = {"n_edits": len(pairs), "batch_size": seq.batch_size}, [], []
+    summary, rows, batch_rows = {"n_edits": len(pairs), "batch_size": seq.batch_size, "n_batches": seq.n_batches}, [], []
     for label in MODELS:
         path = getattr(args, label)
         model, tokenizer, names = load_for_editing(path, params.edit)
         ref = reference(model, tokenizer, passages, cfg.seq_len)
         procedure = Procedure("ft", edit_learning_rates(path, names, cfg.edit_lr), cfg.edit_steps)
         curve = sequential_edits(model, tokenizer, pairs, names, procedure, ref, cfg.seq_len, label)
-        batches = batched_edits(model, tokenizer, pairs, names, procedure, ref, cfg.seq_len, seq.batch_size)
+        batched = pairs[: seq.batch_size * seq.n_batches]
+        batches = batched_edits(model, tokenizer, batched, names, procedure, ref, cfg.seq_len, seq.batch_size)
         summary[label] = {
             "sequential": {k: curve[-1][k] for k in ("retention", "ppl_drawdown", "kl", "top1_agreement")},
             "batched": summarize(batches, ("edit_success", "ppl_drawdown", "kl", "top1_agreement")),

@@ -90,9 +90,9 @@ def test_bootstrap_ci_of_constant_values_has_zero_width():
 
 
 def test_summarize_means_over_rows_that_have_the_key():
-    """Mean per key over rows with a non-None value; keys that no row has are left out."""
+    """Mean per key over rows with a non-None value, `_n` counting them where some lack it; absent keys left out."""
     rows = [{"a": 1.0, "b": None, "c": 2.0}, {"a": 3.0, "b": 4.0}, {"a": 5.0, "b": None, "d": 9.0}]
-    assert summarize(rows, ("a", "b", "c", "e")) == {"a": 3.0, "b": 4.0, "c": 2.0}
+    assert summarize(rows, ("a", "b", "c", "e")) == {"a": 3.0, "b": 4.0, "b_n": 1, "c": 2.0, "c_n": 1}
 
 
 def test_summarize_bootstrap_bounds_bracket_the_mean():
