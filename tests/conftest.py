@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random GPT-2 / Llama models and SmolLM2's real tokenizer."""
+"""Shared fixtures: tiny random GPT-2 / Llama models, SmolLM2's real tokenizer, the reproduced smoke repo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from editable_lm.editing import IGNORE, collate
 from editable_lm.models import smollm2_tokenizer
+from smoke import SmokeRun, build_smoke_repo, reproduce_smoke_repo
 
 VOCAB = 64
 
@@ -63,3 +64,9 @@ def tokenizer():
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """The smoke configuration reproduced once (`dvc repro`) and committed; modules work on copies."""
+    return reproduce_smoke_repo(build_smoke_repo(tmp_path_factory.mktemp("smoke") / "editable-lm"))

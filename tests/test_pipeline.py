@@ -4,62 +4,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from editable_lm.evaluation import EDIT_METRICS
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = yaml.safe_load((ROOT / "tests" / "smoke_params.yaml").read_text())
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def repro(repo: Path, *args: str, check: bool = True) -> tuple[set[str], subprocess.CompletedProcess]:
-    """Run `dvc repro` and return the names of the stages that ran."""
-    result = run(["dvc", "repro", *args], repo, check)
-    return set(re.findall(r"Running stage '([\w-]+)'", result.stdout)), result
-
-
-def set_params(repo: Path, **changes: dict) -> None:
-    """Merge `{section: {key: value}}` changes into the copy's params.yaml."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in changes.items():
-        params.setdefault(section, {}).update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+from smoke import SMOKE, SmokeRun, repro, run, set_params
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git + DVC copy of the project with the smoke params, reproduced once."""
-    repo = tmp_path_factory.mktemp("repo")
-    for name in ("dvc.yaml", ".dvcignore", "stages", "editable_lm"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
-    shutil.rmtree(repo / "editable_lm" / "__pycache__", ignore_errors=True)
-    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    set_params(repo, **SMOKE)
-    run(["git", "init", "-q"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "config", "core.analytics", "false"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "smoke"], repo)
-    ran, _ = repro(repo)
+def repo(tmp_path_factory, smoke_run: SmokeRun) -> Path:
+    """A git + DVC copy of the project with the smoke params, reproduced once (shared: conftest's `smoke_run`)."""
+    ran = smoke_run.ran
     assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "evaluate", "sweep", "sequential", "report"}
-    return repo
+    return smoke_run.copy(tmp_path_factory.mktemp("pipeline") / "editable-lm")
 
 
 def test_metrics_have_every_key_and_are_finite(repo):
