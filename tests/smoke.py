@@ -36,6 +36,17 @@ ENV = {
 PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "stages", "editable_lm")
 
 
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as {"a.b.c": value}: the key names DVC shows for params and metrics."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=ENV if env is None else env, capture_output=True, text=True)
     if check and result.returncode != 0:

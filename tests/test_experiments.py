@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoke import ENV, SmokeRun, ran_stages, run
+from smoke import ENV, SmokeRun, flat,, ran_stages, run
 
 # The queued grid: edit_lr first, so the second pair of experiments can reuse the first pair's
 # training through DVC's run cache; train.lr changes the training curves.
@@ -70,16 +70,6 @@ OTHER_VALUES = {
     "sequential.n_edits": (4, 5),
     "sequential.batch_size": (3, 2),
 }
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def other_value(key: str, value):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoke import ENV, SmokeRun, git_commit, repro, run
+from smoke import ENV, SmokeRun, flat,, git_commit, repro, run
 
 STORAGE = Path(".cache", "editable-lm", "dvc-storage")  # the default remote, under $HOME
 ARTIFACTS = {"base-model": "models/base", "finetuned-model": "models/finetuned", "editable-model": "models/editable"}
@@ -58,16 +58,6 @@ def pushed_objects(repo: Path) -> set[str]:
         if md5.endswith(".dir"):
             objects |= {f"{e['md5'][:2]}/{e['md5'][2:]}" for e in json.loads((cache / md5[:2] / md5[2:]).read_text())}
     return objects
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def without_timings(metrics: dict) -> dict:
