@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoke import ENV, SmokeRun, flat,, ran_stages, run
+from smoke import ENV, SmokeRun, flat, ran_stages, run
 
 # The queued grid: edit_lr first, so the second pair of experiments can reuse the first pair's
 # training through DVC's run cache; train.lr changes the training curves.

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoke import ENV, SmokeRun, flat,, git_commit, repro, run
+from smoke import ENV, SmokeRun, flat, git_commit, repro, run
 
 STORAGE = Path(".cache", "editable-lm", "dvc-storage")  # the default remote, under $HOME
 ARTIFACTS = {"base-model": "models/base", "finetuned-model": "models/finetuned", "editable-model": "models/editable"}
