@@ -1,193 +1,177 @@
-"""Pipeline parameters: one frozen dataclass per `params.yaml` section, validated on load."""
+"""Pipeline parameters: one frozen pydantic model per `params.yaml` section, validated on load.
+
+Every error is one line that starts with the dotted key, e.g. `train.lr: must be > 0, got -1.0`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import model_validator
 
 from editable_lm.errors import ConfigError
 
 DATA_SOURCES = ("wiki-vital", "wikitext-103-raw-v1", "wikitext-2-raw-v1")
 
 
-@dataclass(frozen=True)
-class DataParams:
-    source: str = "wiki-vital"
-    max_articles: int = 0  # 0 keeps every article
-    min_words: int = 8  # paragraphs shorter than this are dropped
+class ParamError(ValueError):
+    """A failed check inside a model; `key` overrides the dotted key pydantic reports."""
 
-    def check(self) -> None:
-        _choice("data.source", self.source, DATA_SOURCES)
-        _at_least("data.max_articles", self.max_articles, 0)
-        _at_least("data.min_words", self.min_words, 1)
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
-@dataclass(frozen=True)
-class ModelParams:
-    name: str = "smollm2-135m"  # offline default, a tiny-random-* smoke model, a hub id or a local path
-
-    def check(self) -> None:
-        if not self.name.strip():
-            raise ConfigError("model.name: must not be empty")
-
-
-@dataclass(frozen=True)
-class PairsParams:
-    seed: int = 0
-    max_per_article: int = 4
-    context_sentences: int = 2  # preceding sentences kept as context
-    n_process: int = 2  # spaCy worker processes
-    max_probes: int = 3  # generality probes kept per pair
-
-    def check(self) -> None:
-        _at_least("pairs.max_probes", self.max_probes, 0)
-        _at_least("pairs.n_process", self.n_process, 1)
-        _at_least("pairs.max_per_article", self.max_per_article, 1)
-        _at_least("pairs.context_sentences", self.context_sentences, 0)
+def _yaml_float(value):
+    # PyYAML reads 1e-5 (no dot) as a string; ints become floats so messages print -1.0 like the value used.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
-@dataclass(frozen=True)
-class SplitParams:
-    seed: int = 0
-    val_frac: float = 0.1
-    test_frac: float = 0.1
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ParamError("must not be empty")
+    return value
 
-    def check(self) -> None:
-        for key in ("val_frac", "test_frac"):
-            value = getattr(self, key)
-            if not 0 < value < 1:
-                raise ConfigError(f"split.{key}: must be between 0 and 1, got {value}")
+
+# Strict: a string where an int is expected fails, and so does a bool where a number is.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), BeforeValidator(_yaml_float)]
+Bool = Annotated[bool, Strict()]
+Text = Annotated[str, Strict(), AfterValidator(_non_blank)]
+
+
+def Positive(default: float):  # noqa: N802 - reads like a type in the models below
+    return Field(default, gt=0, allow_inf_nan=False)
+
+
+def AtLeast(default: float, low: float):  # noqa: N802
+    return Field(default, ge=low, allow_inf_nan=False)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def check_source(source: str) -> str:
+    """`data.source` must name a known corpus."""
+    if source not in DATA_SOURCES:
+        raise ParamError(f"unknown value {source!r} (choose from {', '.join(DATA_SOURCES)})")
+    return source
+
+
+class DataParams(Section):
+    source: Annotated[str, Strict(), AfterValidator(check_source)] = "wiki-vital"
+    max_articles: Int = AtLeast(0, 0)  # 0 keeps every article
+    min_words: Int = AtLeast(8, 1)  # paragraphs shorter than this are dropped
+
+
+class ModelParams(Section):
+    name: Text = "smollm2-135m"  # offline default, a tiny-random-* smoke model, a hub id or a local path
+
+
+class PairsParams(Section):
+    seed: Int = 0
+    max_per_article: Int = AtLeast(4, 1)
+    context_sentences: Int = AtLeast(2, 0)  # preceding sentences kept as context
+    n_process: Int = AtLeast(2, 1)  # spaCy worker processes
+    max_probes: Int = AtLeast(3, 0)  # generality probes kept per pair
+
+
+class SplitParams(Section):
+    seed: Int = 0
+    val_frac: Float = Field(0.1, gt=0, lt=1)
+    test_frac: Float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self):
         if self.val_frac + self.test_frac >= 1:
-            raise ConfigError("split.val_frac + split.test_frac: must be below 1")
+            raise ParamError("must be below 1", key="split.val_frac + split.test_frac")
+        return self
 
 
-@dataclass(frozen=True)
-class EditParams:
+class EditParams(Section):
     """Which weights an edit may touch, shared by training and evaluation."""
 
-    blocks: int = 3  # the top `blocks` transformer blocks ...
-    module: str = "mlp"  # ... and, inside them, the submodule with this name
-
-    def check(self) -> None:
-        _at_least("edit.blocks", self.blocks, 1)
-        if not self.module.strip():
-            raise ConfigError("edit.module: must not be empty")
+    blocks: Int = AtLeast(3, 1)  # the top `blocks` transformer blocks ...
+    module: Text = "mlp"  # ... and, inside them, the submodule with this name
 
 
-@dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Section):
     """Shared by the fine-tuned baseline and the editable model, so both get the same budget."""
 
-    seed: int = 0
-    steps: int = 100
-    lr: float = 1e-5
-    batch_size: int = 2
-    seq_len: int = 64
-    outer_blocks: int = 6  # only the top blocks are trained (0 trains every block)
-
-    def check(self) -> None:
-        _at_least("train.steps", self.steps, 1)
-        _positive("train.lr", self.lr)
-        _at_least("train.batch_size", self.batch_size, 1)
-        _at_least("train.seq_len", self.seq_len, 8)
-        _at_least("train.outer_blocks", self.outer_blocks, 0)
+    seed: Int = 0
+    steps: Int = AtLeast(100, 1)
+    lr: Float = Positive(1e-5)
+    batch_size: Int = AtLeast(2, 1)
+    seq_len: Int = AtLeast(64, 8)
+    outer_blocks: Int = AtLeast(6, 0)  # only the top blocks are trained (0 trains every block)
 
 
-@dataclass(frozen=True)
-class EditableParams:
-    inner_steps: int = 2
-    inner_lr: float = 3e-2
-    cbase: float = 1.0
-    cedit: float = 1.0
-    cloc: float = 1.0
-    first_order: bool = False
-    learn_lr: bool = False  # learn one inner learning rate per edited tensor
-    lr_lr: float = 1e-4  # Adam's learning rate for those inner learning rates
-
-    def check(self) -> None:
-        _at_least("editable.inner_steps", self.inner_steps, 1)
-        _positive("editable.inner_lr", self.inner_lr)
-        _positive("editable.lr_lr", self.lr_lr)
-        for key in ("cbase", "cedit", "cloc"):
-            _at_least(f"editable.{key}", getattr(self, key), 0)
+class EditableParams(Section):
+    inner_steps: Int = AtLeast(2, 1)
+    inner_lr: Float = Positive(3e-2)
+    cbase: Float = AtLeast(1.0, 0)
+    cedit: Float = AtLeast(1.0, 0)
+    cloc: Float = AtLeast(1.0, 0)
+    first_order: Bool = False
+    learn_lr: Bool = False  # learn one inner learning rate per edited tensor
+    lr_lr: Float = Positive(1e-4)  # Adam's learning rate for those inner learning rates
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Section):
     """The edit procedure and held-out samples, shared by every evaluation stage."""
 
-    seed: int = 0
-    edit_steps: int = 2
-    edit_lr: float = 3e-2
-    kl_weight: float = 1.0  # FT+KL: weight of KL(pre || post) on the locality sample
-    n_loc_passages: int = 2  # FT+KL locality sample (validation passages)
-    n_ppl_passages: int = 8  # held-out test passages for perplexity, KL and agreement
-    seq_len: int = 64
+    seed: Int = 0
+    edit_steps: Int = AtLeast(2, 1)
+    edit_lr: Float = AtLeast(3e-2, 0)
+    kl_weight: Float = AtLeast(1.0, 0)  # FT+KL: weight of KL(pre || post) on the locality sample
+    n_loc_passages: Int = AtLeast(2, 1)  # FT+KL locality sample (validation passages)
+    n_ppl_passages: Int = AtLeast(8, 1)  # held-out test passages for perplexity, KL and agreement
+    seq_len: Int = AtLeast(64, 8)
 
-    def check(self) -> None:
-        _at_least("evaluate.edit_steps", self.edit_steps, 1)
-        _at_least("evaluate.edit_lr", self.edit_lr, 0)
-        _at_least("evaluate.kl_weight", self.kl_weight, 0)
-        _at_least("evaluate.n_loc_passages", self.n_loc_passages, 1)
-        _at_least("evaluate.n_ppl_passages", self.n_ppl_passages, 1)
-        _at_least("evaluate.seq_len", self.seq_len, 8)
+    @model_validator(mode="after")
+    def _ft_kl_needs_two_steps(self):
+        # KL(pre || post) has zero gradient at the unedited weights: one step would be plain FT.
         if self.kl_weight > 0 and self.edit_steps < 2:
-            # KL(pre || post) has zero gradient at the unedited weights: one step would be plain FT.
-            raise ConfigError("evaluate.edit_steps: FT+KL needs at least 2 steps (or evaluate.kl_weight: 0)")
+            raise ParamError("FT+KL needs at least 2 steps (or evaluate.kl_weight: 0)", key="evaluate.edit_steps")
+        return self
 
 
-@dataclass(frozen=True)
-class ReliabilityParams:
+class ReliabilityParams(Section):
     """One edit at a time: reliability, generality, locality and leakage, with intervals."""
 
-    n_edits: int = 30
-    n_leak_probes: int = 5  # sentences about other people checked for the new name
-    n_bootstrap: int = 1000
-
-    def check(self) -> None:
-        _at_least("reliability.n_edits", self.n_edits, 1)
-        _at_least("reliability.n_leak_probes", self.n_leak_probes, 0)
-        _at_least("reliability.n_bootstrap", self.n_bootstrap, 10)
+    n_edits: Int = AtLeast(30, 1)
+    n_leak_probes: Int = AtLeast(5, 0)  # sentences about other people checked for the new name
+    n_bootstrap: Int = AtLeast(1000, 10)
 
 
-@dataclass(frozen=True)
-class SweepParams:
+class SweepParams(Section):
     """Edit strength: every (lr, steps) pair, to compare drawdown at matched success."""
 
-    n_edits: int = 10
-    lrs: tuple[float, ...] = (0.01, 0.03, 0.1)
-    steps: tuple[int, ...] = (1, 2)
-
-    def check(self) -> None:
-        _at_least("sweep.n_edits", self.n_edits, 1)
-        for lr in self.lrs:
-            _at_least("sweep.lrs", lr, 0)
-        for steps in self.steps:
-            _at_least("sweep.steps", steps, 1)
-        if not self.lrs or not self.steps:
-            raise ConfigError("sweep.lrs, sweep.steps: must not be empty")
+    n_edits: Int = AtLeast(10, 1)
+    lrs: tuple[Annotated[Float, Field(ge=0, allow_inf_nan=False)], ...] = Field((0.01, 0.03, 0.1), min_length=1)
+    steps: tuple[Annotated[Int, Field(ge=1)], ...] = Field((1, 2), min_length=1)
 
 
-@dataclass(frozen=True)
-class SequentialParams:
+class SequentialParams(Section):
     """Many edits: one after another without resetting, and all at once in batches."""
 
-    n_edits: int = 100
-    batch_size: int = 10
-    n_batches: int = 4  # batched edits use the first batch_size * n_batches of the edits
-
-    def check(self) -> None:
-        _at_least("sequential.n_edits", self.n_edits, 1)
-        _at_least("sequential.batch_size", self.batch_size, 1)
-        _at_least("sequential.n_batches", self.n_batches, 1)
+    n_edits: Int = AtLeast(100, 1)
+    batch_size: Int = AtLeast(10, 1)
+    n_batches: Int = AtLeast(4, 1)  # batched edits use the first batch_size * n_batches of the edits
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     pairs: PairsParams = PairsParams()
@@ -201,78 +185,106 @@ class Params:
     sequential: SequentialParams = SequentialParams()
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate `params.yaml`; a missing section takes its defaults."""
+SECTIONS = tuple(Params.model_fields)
+
+
+def load_params(path: str | Path = "params.yaml", complete: bool = False) -> Params:
+    """Read and validate a params file; missing keys take their defaults.
+
+    A missing section takes its defaults too, unless `complete` (what `check_params` asks for:
+    the pipeline's params.yaml must spell out every section).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: empty params file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections")
+    missing = [name for name in SECTIONS if name not in raw] if complete else []
+    if missing:
+        raise ConfigError(f"{missing[0]}: section missing from {path} (every section is required)")
     return parse_params(raw)
 
 
 def parse_params(raw: dict) -> Params:
     """Build `Params` from a nested dict, naming the first unknown or invalid key."""
-    sections = {f.name: f.type for f in dataclasses.fields(Params)}
-    unknown = sorted(set(raw) - set(sections))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown params section (known: {', '.join(sections)})")
-    built = {}
-    for field in dataclasses.fields(Params):
-        cls = field.default.__class__
-        values = raw.get(field.name) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{field.name}: expected a mapping")
-        built[field.name] = _build_section(field.name, cls, values)
-    return Params(**built)
+    for name, values in raw.items():
+        if name in SECTIONS and (values is None or values == {}):
+            raise ConfigError(f"{name}: empty section (list its keys, as in the committed params.yaml)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors()[0])) from None
 
 
-def _build_section(section: str, cls: type, values: dict):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{section}.{key}: unknown key (known: {', '.join(known)})")
-        kwargs[key] = _coerce(f"{section}.{key}", value, type(known[key].default), known[key].default)
-    params = cls(**kwargs)
-    params.check()
-    return params
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not 'last wins'."""
+
+    def construct_document(self, node):
+        _refuse_duplicates(node, ())
+        return super().construct_document(node)
 
 
-def _coerce(key: str, value, kind: type, default=None):
-    # YAML reads 1e-3 as a string; bool is a subclass of int, so check it first.
-    if kind is tuple:
-        if isinstance(value, list):
-            return tuple(_coerce(key, item, type(default[0])) for item in value)
-    elif kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if not isinstance(value, bool):
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                pass
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}: expected {'list' if kind is tuple else kind.__name__}, got {value!r}")
+def read_yaml(path: Path):
+    """Parse a YAML file; a missing file, invalid YAML or a duplicate key is a ConfigError naming the place."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc.key}: duplicate key (first given on line {exc.first})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: unknown value {value!r} (choose from {', '.join(choices)})")
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int):
+        super().__init__(f"{key}: duplicate key")
+        self.key, self.line, self.first = key, line, first
 
 
-def _at_least(key: str, value: float, low: float) -> None:
-    if not (math.isfinite(value) and value >= low):
-        raise ConfigError(f"{key}: must be >= {low}, got {value}")
+def _refuse_duplicates(node, keys: tuple[str, ...]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            key = (*keys, str(key_node.value))
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise DuplicateKeyError(".".join(key), line, seen[key_node.value])
+            seen[key_node.value] = line
+            _refuse_duplicates(value_node, key)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicates(item, keys)
 
 
-def _positive(key: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{key}: must be > 0, got {value}")
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str",
+               "tuple_type": "list", "model_type": "a mapping", "dict_type": "a mapping"}
+
+
+def _message(error: dict) -> str:
+    """One pydantic error as `dotted.key: what is wrong, got value`."""
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "value_error" and isinstance(ctx.get("error"), ParamError):
+        return f"{ctx['error'].key or key}: {ctx['error']}"
+    if kind == "extra_forbidden":
+        if len(error["loc"]) == 1:
+            return f"{key}: unknown params section (known: {', '.join(SECTIONS)})"
+        section = Params.model_fields[error["loc"][0]].annotation
+        return f"{key}: unknown key (known: {', '.join(section.model_fields)})"
+    if kind in _TYPE_NAMES:
+        return f"{key}: expected {_TYPE_NAMES[kind]}, got {value!r}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        (bound,) = ctx.values()
+        return f"{key}: must be {bounds[kind]} {bound:g}, got {value}"
+    if kind == "finite_number":
+        return f"{key}: must be a finite number, got {value}"
+    if kind == "too_short":
+        return f"{key}: must not be empty"
+    return f"{key}: {error['msg']}"

@@ -18,9 +18,46 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    """An empty params.yaml is all defaults."""
-    assert load_params(write(tmp_path, "")) == Params()
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_file_is_refused(tmp_path, text):
+    """An empty params file is a mistake, not 'all defaults' (which differ from the committed ones)."""
+    with pytest.raises(ConfigError, match="params.yaml: empty params file"):
+        load_params(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text", ["train:\n", "train: {}\n", "data:\n  source: wiki-vital\ntrain:\n"])
+def test_empty_section_is_refused(tmp_path, text):
+    """`train:` with its keys commented out fails by name instead of silently taking defaults."""
+    with pytest.raises(ConfigError, match="^train: empty section"):
+        load_params(write(tmp_path, text))
+
+
+def test_complete_requires_every_section(tmp_path):
+    """check_params (`complete=True`) names the first missing section and the file."""
+    path = write(tmp_path, "train:\n  steps: 7\n")
+    assert load_params(path).train.steps == 7
+    with pytest.raises(ConfigError, match=r"^data: section missing from .*params.yaml"):
+        load_params(path, complete=True)
+    assert load_params(REPO_PARAMS, complete=True) == load_params(REPO_PARAMS)
+
+
+def test_duplicate_key_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys; the loader refuses them, naming file, line and key."""
+    with pytest.raises(ConfigError, match=r"params.yaml:4: train.lr: duplicate key \(first given on line 2\)$"):
+        load_params(write(tmp_path, "train:\n  lr: 1.0e-5\n  steps: 3\n  lr: 1.0e-3\n"))
+    with pytest.raises(ConfigError, match=r"params.yaml:3: train: duplicate key"):
+        load_params(write(tmp_path, "train:\n  lr: 1.0e-5\ntrain:\n  steps: 3\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("train:\n  lr: [1\n", ":3:1: invalid YAML"), ("train:\n lr: 1\n  steps: 2\n", ":3:8: invalid YAML")],
+)
+def test_invalid_yaml_names_file_line_and_column(tmp_path, text, where):
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, text))
+    assert str(info.value).startswith(f"{tmp_path / 'params.yaml'}{where}"), str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_missing_keys_take_defaults(tmp_path):
@@ -55,6 +92,14 @@ def test_missing_file(tmp_path):
         ("model:\n  name: 3\n", "model.name"),
         ("split:\n  val_frac: 0.5\n  test_frac: 0.5\n", "split.val_frac"),
         ("edit:\n  blocks: 0\n", "edit.blocks"),
+        ("train:\n  lr: .inf\n", "train.lr"),
+        ("train:\n  steps: '5'\n", "train.steps"),
+        ("train: 5\n", "train"),
+        ("sweep:\n  lrs: []\n", "sweep.lrs"),
+        ("sweep:\n  lrs: [0.1, -1]\n", "sweep.lrs[1]"),
+        ("sweep:\n  steps: 2\n", "sweep.steps"),
+        ("model:\n  name: '  '\n", "model.name"),
+        ("evaluate:\n  edit_steps: 1\n", "evaluate.edit_steps"),
     ],
 )
 def test_invalid_key_is_named(tmp_path, text, key):
@@ -62,6 +107,25 @@ def test_invalid_key_is_named(tmp_path, text, key):
     with pytest.raises(ConfigError) as info:
         load_params(write(tmp_path, text))
     assert str(info.value).startswith(key), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train:\n  lr: -1\n", "train.lr: must be > 0, got -1.0"),
+        ("train:\n  steps: 0\n", "train.steps: must be >= 1, got 0"),
+        ("train:\n  steps: abc\n", "train.steps: expected int, got 'abc'"),
+        ("train:\n  foo: 1\n", "train.foo: unknown key (known: seed, steps, lr, batch_size, seq_len, outer_blocks"),
+        ("split:\n  val_frac: 0.5\n  test_frac: 0.5\n", "split.val_frac + split.test_frac: must be below 1"),
+        ("evaluate:\n  edit_steps: 1\n", "evaluate.edit_steps: FT+KL needs at least 2 steps (or evaluate.kl_weight: 0)"),
+        ("data:\n  source: nope\n", "data.source: unknown value 'nope' (choose from wiki-vital, "),
+    ],
+)
+def test_messages(tmp_path, text, message):
+    """The one-line messages users see (test_pipeline pins the first through a stage script)."""
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, text))
+    assert str(info.value).startswith(message), str(info.value)
 
 
 def test_section_must_be_mapping(tmp_path):
