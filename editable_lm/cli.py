@@ -10,14 +10,17 @@ from editable_lm.errors import EditLMError
 from editable_lm.params import Params, load_params
 
 
-def stage_args(description: str, *paths: str) -> tuple[Params, argparse.Namespace]:
-    """Parse `--params` plus the named path arguments, and load validated params."""
+def stage_args(description: str, *paths: str, complete: bool = False) -> tuple[Params, argparse.Namespace]:
+    """Parse `--params` plus the named path arguments, and load validated params.
+
+    `complete`: every section must be in the file (check_params, which guards the pipeline).
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
     for path in paths:
         parser.add_argument(path, required=True)
     args = parser.parse_args()
-    return load_params(args.params), args
+    return load_params(args.params, complete=complete), args
 
 
 def run_stage(main: Callable[[], None]) -> None:

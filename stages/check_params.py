@@ -6,7 +6,7 @@ from editable_lm.cli import run_stage, stage_args
 
 
 def main() -> None:
-    _, args = stage_args(__doc__, "--out")
+    _, args = stage_args(__doc__, "--out", complete=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     # Constant content: a valid change to params.yaml must not rerun stages through this file.
     Path(args.out).write_text("params.yaml is valid\n")
