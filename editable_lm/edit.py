@@ -11,16 +11,18 @@ held-out passages.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
 
 from editable_lm.cli import run_stage
 from editable_lm.errors import EditLMError
-from editable_lm.evaluation import Procedure, edit_model, held_out, locality, reference, score
+from editable_lm.evaluation import Procedure, edit_model, held_out, locality, reference
 from editable_lm.metrics import edit_success, sequence_logprob
 from editable_lm.models import edit_learning_rates, load_for_editing
 from editable_lm.params import load_params
+from editable_lm.split_forward import SplitForward
 from editable_lm.storage import read_jsonl
 from editable_lm.training import encode_edits
 
@@ -64,25 +66,31 @@ def main() -> None:
     params = load_params(args.params)
     lr = params.evaluate.edit_lr if args.lr is None else args.lr
     steps = params.evaluate.edit_steps if args.steps is None else args.steps
-    if lr < 0 or steps < 1:
-        raise EditLMError("--lr must be >= 0 and --steps >= 1")
+    # An empty name would "edit" toward a space; a NaN or infinite lr would print NaN results.
+    if not args.name.strip():
+        raise EditLMError("--name: must not be empty")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise EditLMError(f"--lr: must be a finite number >= 0, got {lr}")
+    if steps < 1:
+        raise EditLMError(f"--steps: must be >= 1, got {steps}")
     prefix = edit_prefix(args.sentence, args.replace)
     model, tokenizer, names = load_for_editing(args.model, params.edit)
-    pair = {"prefix": prefix, "new_name": args.name}
-    batch = encode_edits([pair], tokenizer, params.evaluate.seq_len)
-    edited = edit_model(model, names, batch, Procedure("ft", edit_learning_rates(args.model, names, lr), steps))
+    split = SplitForward(model, names)
+    batch = split.prepare(encode_edits([{"prefix": prefix, "new_name": args.name}], tokenizer, params.evaluate.seq_len))
+    edited = edit_model(split, batch, Procedure("ft", edit_learning_rates(args.model, names, lr), steps))
 
-    before, after = score(model, batch), score(model, batch, edited)
+    with torch.no_grad():
+        before, after = split.target_logits(batch), split.target_logits(batch, edited)
     print(f"edit: {prefix!r} -> {args.name!r}  ({steps} step(s), lr {lr:g}, {len(names)} weight tensors)")
-    print(f"log p(new name): {sequence_logprob(before, batch['labels']).item():.2f} -> "
-          f"{sequence_logprob(after, batch['labels']).item():.2f}; "
-          f"edit success: {bool(edit_success(after, batch['labels']).item())}")
+    print(f"log p(new name): {sequence_logprob(before, batch.targets).item():.2f} -> "
+          f"{sequence_logprob(after, batch.targets).item():.2f}; "
+          f"edit success: {bool(edit_success(after, batch.targets).item())}")
 
     passages_path = args.passages or (DEFAULT_PASSAGES if Path(DEFAULT_PASSAGES).is_file() else None)
     if passages_path:
         passages = held_out(read_jsonl(passages_path), params.evaluate.n_ppl_passages, params.evaluate.seed)
-        ref = reference(model, tokenizer, passages, params.evaluate.seq_len)
-        loc = locality(model, ref, edited)
+        ref = reference(split, tokenizer, passages, params.evaluate.seq_len)
+        loc = locality(split, ref, edited)
         print(f"locality on {len(passages)} held-out passages: perplexity {ref.ppl:.2f} -> "
               f"{ref.ppl * (1 + loc['ppl_drawdown']):.2f} (drawdown {loc['ppl_drawdown']:+.2%}), "
               f"KL {loc['kl']:.4f}, top-1 agreement {loc['top1_agreement']:.1%}")

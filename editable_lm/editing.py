@@ -1,7 +1,7 @@
 """The edit: tokenised edit examples, losses, and the inner loop as a pure function of parameters.
 
 An edit never mutates the model: `apply_edit` maps a dict of parameter tensors to a new
-dict, and `forward` runs the model with those tensors swapped in (`torch.func.functional_call`).
+dict, and `SplitForward.logits` runs the model with those tensors swapped in (`torch.func.functional_call`).
 Restoring a model after an edit is therefore free: drop the dict.
 """
 
@@ -11,12 +11,10 @@ from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-IGNORE = -100  # label of tokens that no loss is taken on
+from editable_lm.split_forward import IGNORE, Batch, Prepared, SplitForward, Targets, upcast
 
-Batch = dict[str, Tensor]  # input_ids, attention_mask, labels: each [B, T]
 Penalty = Callable[[Mapping[str, Tensor]], Tensor]  # extra edit loss as a function of the edited weights
 
 
@@ -50,46 +48,38 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device: to
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def forward(model: nn.Module, batch: Batch, params: Mapping[str, Tensor] | None = None) -> Tensor:
-    """Logits [B, T, V] of `model`, with `params` (name -> tensor) in place of its own where given."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if not params:
-        return model(**inputs).logits
-    return functional_call(model, dict(params), args=(), kwargs=inputs, strict=False)["logits"]
-
-
-def _upcast(logits: Tensor) -> Tensor:
-    """At least float32 for softmax, without cutting float64 down."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
 def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probability of each next-token label [B, T-1] and the mask of labelled positions."""
     logits, targets = logits[:, :-1], labels[:, 1:]
     mask = targets != IGNORE
-    logp = torch.log_softmax(_upcast(logits), dim=-1)
+    logp = torch.log_softmax(upcast(logits), dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
 
 
 def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean next-token cross-entropy over labelled tokens."""
-    return F.cross_entropy(_upcast(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    """Mean next-token cross-entropy over labelled tokens, from logits [B, T, V]."""
+    return F.cross_entropy(upcast(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+def target_loss(logits: Tensor, targets: Targets) -> Tensor:
+    """Mean cross-entropy from logits [N, V] at the labelled positions (`SplitForward.target_logits`)."""
+    return F.cross_entropy(upcast(logits), targets.tokens)
 
 
 def kl_divergence(pre_logits: Tensor, post_logits: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean over real tokens of KL(pre || post) between next-token distributions."""
-    pre = torch.log_softmax(_upcast(pre_logits), dim=-1)
-    post = torch.log_softmax(_upcast(post_logits), dim=-1)
+    pre = torch.log_softmax(upcast(pre_logits), dim=-1)
+    post = torch.log_softmax(upcast(post_logits), dim=-1)
     per_token = (pre.exp() * (pre - post)).sum(-1)  # [B, T]
     mask = attention_mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum()
 
 
 def edit_step(
-    model: nn.Module,
+    model: SplitForward,
     params: Mapping[str, Tensor],
-    batch: Batch,
+    edit: Prepared,
     lr: float | Mapping[str, Tensor],
     create_graph: bool,
     penalty: Penalty | None = None,
@@ -100,7 +90,7 @@ def edit_step(
     (second-order MAML); without it the gradient is a constant and the outer gradient is
     first order.
     """
-    loss = lm_loss(forward(model, batch, params), batch["labels"])
+    loss = target_loss(model.target_logits(edit, params), edit.targets)
     if penalty is not None:
         loss = loss + penalty(params)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
@@ -112,9 +102,9 @@ def edit_step(
 
 
 def apply_edit(
-    model: nn.Module,
+    model: SplitForward,
     params: Mapping[str, Tensor],
-    batch: Batch,
+    edit: Prepared,
     lr: float | Mapping[str, Tensor],
     steps: int,
     create_graph: bool = False,
@@ -122,15 +112,16 @@ def apply_edit(
 ) -> dict[str, Tensor]:
     """`steps` SGD steps on the edit loss over `params` only (the inner loop)."""
     for _ in range(steps):
-        params = edit_step(model, params, batch, lr, create_graph, penalty)
+        params = edit_step(model, params, edit, lr, create_graph, penalty)
     return params
 
 
-def kl_penalty(model: nn.Module, batch: Batch, pre_logits: Tensor, weight: float) -> Penalty:
+def kl_penalty(model: SplitForward, sample: Prepared, pre_logits: Tensor, weight: float) -> Penalty:
     """`weight * KL(pre || post)` on a locality sample: the FT+KL edit of MEND's baselines."""
-    return lambda params: weight * kl_divergence(pre_logits, forward(model, batch, params), batch["attention_mask"])
+    mask = sample.batch["attention_mask"]
+    return lambda params: weight * kl_divergence(pre_logits, model.logits(sample, params), mask)
 
 
-def detached_edit_params(model: nn.Module, names: list[str]) -> dict[str, Tensor]:
-    """Fresh leaf copies of the named weights, to edit without touching the model or its graph."""
-    return {name: model.get_parameter(name).detach().requires_grad_(True) for name in names}
+def detached_edit_params(model: SplitForward) -> dict[str, Tensor]:
+    """Fresh leaf copies of the edit weights, to edit without touching the model or its graph."""
+    return {name: model.model.get_parameter(name).detach().requires_grad_(True) for name in model.names}

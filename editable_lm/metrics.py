@@ -8,20 +8,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from editable_lm.editing import IGNORE, token_logprobs
+from editable_lm.editing import token_logprobs
+from editable_lm.split_forward import Targets, upcast
 
 
-def edit_success(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per example [B]: every labelled token is the argmax of the model's prediction."""
-    hits = logits[:, :-1].argmax(-1) == labels[:, 1:]
-    labelled = labels[:, 1:] != IGNORE
-    return (hits | ~labelled).all(-1)
+def edit_success(logits: Tensor, targets: Targets) -> Tensor:
+    """Per example [B] from logits [N, V] at the labelled positions: every label is the argmax."""
+    misses = (logits.argmax(-1) != targets.tokens).to(torch.long)
+    return torch.zeros(targets.n_rows, dtype=torch.long, device=logits.device).index_add(0, targets.rows, misses) == 0
 
 
-def sequence_logprob(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per example [B]: summed log-probability of the labelled tokens."""
-    logp, _ = token_logprobs(logits, labels)
-    return logp.sum(-1)
+def sequence_logprob(logits: Tensor, targets: Targets) -> Tensor:
+    """Per example [B] from logits [N, V] at the labelled positions: summed log-probability of the labels."""
+    logp = torch.log_softmax(upcast(logits), dim=-1).gather(-1, targets.tokens.unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(targets.n_rows, dtype=logp.dtype, device=logp.device).index_add(0, targets.rows, logp)
 
 
 def perplexity(logits: Tensor, labels: Tensor) -> float:

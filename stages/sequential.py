@@ -3,9 +3,8 @@
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.evaluation import MODELS, Procedure, batched_edits, held_out, reference, sequential_edits
+from editable_lm.evaluation import MODELS, Procedure, batched_edits, held_out, loaded_models, sequential_edits
 from editable_lm.metrics import summarize
-from editable_lm.models import edit_learning_rates, load_for_editing
 from editable_lm.storage import read_jsonl, write_csv, write_json
 
 
@@ -15,20 +14,17 @@ def main() -> None:
     pairs = held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), seq.n_edits, cfg.seed)
     passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages, cfg.seed)
     summary, rows, batch_rows = {"n_edits": len(pairs), "batch_size": seq.batch_size, "n_batches": seq.n_batches}, [], []
-    for label in MODELS:
-        path = getattr(args, label)
-        model, tokenizer, names = load_for_editing(path, params.edit)
-        ref = reference(model, tokenizer, passages, cfg.seq_len)
-        procedure = Procedure("ft", edit_learning_rates(path, names, cfg.edit_lr), cfg.edit_steps)
-        curve = sequential_edits(model, tokenizer, pairs, names, procedure, ref, cfg.seq_len, label)
+    for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
+        procedure = Procedure("ft", m.lr(cfg.edit_lr), cfg.edit_steps)
+        curve = sequential_edits(m.model, m.tokenizer, pairs, procedure, m.ref, cfg.seq_len, m.label)
         batched = pairs[: seq.batch_size * seq.n_batches]
-        batches = batched_edits(model, tokenizer, batched, names, procedure, ref, cfg.seq_len, seq.batch_size)
-        summary[label] = {
+        batches = batched_edits(m.model, m.tokenizer, batched, procedure, m.ref, cfg.seq_len, seq.batch_size)
+        summary[m.label] = {
             "sequential": {k: curve[-1][k] for k in ("retention", "ppl_drawdown", "kl", "top1_agreement")},
             "batched": summarize(batches, ("edit_success", "ppl_drawdown", "kl", "top1_agreement")),
         }
-        rows += [{"model": label, **row} for row in curve]
-        batch_rows += [{"model": label, **row} for row in batches]
+        rows += [{"model": m.label, **row} for row in curve]
+        batch_rows += [{"model": m.label, **row} for row in batches]
     write_json(args.metrics, summary)
     write_csv(args.rows, rows)
     write_csv(args.batch_rows, batch_rows)

@@ -8,10 +8,11 @@ import torch
 
 from conftest import random_batch
 from editable_lm.editing import (
-    IGNORE, apply_edit, collate, detached_edit_params, encode_edit, forward, kl_divergence, lm_loss,
+    IGNORE, apply_edit, collate, detached_edit_params, encode_edit, kl_divergence, lm_loss, target_loss,
 )
 from editable_lm.models import edit_parameter_names
 from editable_lm.params import EditableParams, EditParams
+from editable_lm.split_forward import SplitForward
 from editable_lm.training import editable_losses
 
 PREFIX = "The theory of relativity was developed by"
@@ -50,21 +51,24 @@ def test_collate_right_pads():
 
 def test_zero_lr_edit_changes_nothing(gpt2):
     """An edit with lr 0 gives exactly the model's own logits."""
-    batch = random_batch(seed=1, n_labelled=3)
-    edited = apply_edit(gpt2, detached_edit_params(gpt2, edit_parameter_names(gpt2, EDIT)), batch, 0.0, steps=2)
+    model = SplitForward(gpt2, edit_parameter_names(gpt2, EDIT))
+    batch = model.prepare(random_batch(seed=1, n_labelled=3))
+    edited = apply_edit(model, detached_edit_params(model), batch, 0.0, steps=2)
     with torch.no_grad():
-        torch.testing.assert_close(forward(gpt2, batch, edited), forward(gpt2, batch), rtol=0, atol=0)
+        torch.testing.assert_close(model.logits(batch, edited), model.logits(batch), rtol=0, atol=0)
 
 
 def test_edit_step_lowers_edit_loss_and_leaves_model_alone(gpt2):
     """One small SGD step lowers the edit loss, changes only edit weights, and not in the model."""
-    batch = random_batch(seed=1, n_labelled=3)
     names = edit_parameter_names(gpt2, EDIT)
+    model = SplitForward(gpt2, names)
+    batch = model.prepare(random_batch(seed=1, n_labelled=3))
     before = {n: p.detach().clone() for n, p in gpt2.named_parameters()}
     start = {n: gpt2.get_parameter(n) for n in names}  # the live parameters themselves
-    edited = apply_edit(gpt2, start, batch, lr=0.1, steps=1)
+    edited = apply_edit(model, start, batch, lr=0.1, steps=1)
     assert set(edited) == set(names)
-    assert lm_loss(forward(gpt2, batch, edited), batch["labels"]) < lm_loss(forward(gpt2, batch), batch["labels"])
+    loss = lambda params: target_loss(model.target_logits(batch, params), batch.targets)  # noqa: E731
+    assert loss(edited) < loss(None)
     assert all(not torch.equal(edited[n], before[n]) for n in names)
     for name, param in gpt2.named_parameters():
         assert torch.equal(param, before[name]), name
@@ -83,11 +87,12 @@ def test_kl_divergence():
     assert kl_divergence(logits, other, mask).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def _ours(model, names, edit, other, lr, steps, create_graph):
-    """Outer-loss gradient w.r.t. every model parameter, through our inner loop."""
+def _ours(model, names, edit, other, lr, steps, create_graph, split=True):
+    """Outer-loss gradient w.r.t. every model parameter, through our inner loop (split or full forward)."""
+    forward = SplitForward(model, names, split)
     start = {n: model.get_parameter(n) for n in names}
-    edited = apply_edit(model, start, edit, lr, steps, create_graph=create_graph)
-    outer = lm_loss(forward(model, other, edited), other["labels"])
+    edited = apply_edit(forward, start, forward.prepare(edit), lr, steps, create_graph=create_graph)
+    outer = lm_loss(forward.logits(forward.prepare(other), edited), other["labels"])
     return torch.autograd.grad(outer, list(model.parameters()), allow_unused=True)
 
 
@@ -103,13 +108,14 @@ def _higher(model, names, edit, other, lr, steps):
         return torch.autograd.grad(outer, list(model.parameters()), allow_unused=True)
 
 
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_meta_gradient_matches_higher(gpt2, steps):
+def test_meta_gradient_matches_higher(gpt2, steps, split):
     """Second-order MAML gradients equal `higher`'s for every parameter; first order differs on edit weights."""
     model = gpt2.double()
     names = edit_parameter_names(model, EDIT)
     edit, other = random_batch(seed=1, n_labelled=3), random_batch(seed=2)
-    ours = _ours(model, names, edit, other, lr=0.5, steps=steps, create_graph=True)
+    ours = _ours(model, names, edit, other, lr=0.5, steps=steps, create_graph=True, split=split)
     ref = _higher(model, names, edit, other, lr=0.5, steps=steps)
     first = _ours(model, names, edit, other, lr=0.5, steps=steps, create_graph=False)
     for (name, _), g, r, f in zip(model.named_parameters(), ours, ref, first):
@@ -121,16 +127,17 @@ def test_meta_gradient_matches_higher(gpt2, steps):
 
 def test_editable_losses_total_and_zero_lr_locality(gpt2):
     """total = cbase*base + cedit*edit + cloc*locality; with inner lr 0 nothing moves (KL 0)."""
-    names = edit_parameter_names(gpt2, EDIT)
+    model = SplitForward(gpt2, edit_parameter_names(gpt2, EDIT))
     passages = collate([(ids, ids) for ids in ([1, 2, 3, 4, 5, 6], [7, 8, 9])], pad_id=0)
     edits = random_batch(seed=1, n_labelled=3)
     params = EditableParams(cbase=0.5, cedit=2.0, cloc=3.0)
-    losses = editable_losses(gpt2, passages, edits, names, 0.0, params)
+    losses = editable_losses(model, passages, edits, 0.0, params)
     assert losses["locality"].item() == pytest.approx(0.0, abs=1e-7)
-    assert losses["edit"].item() == pytest.approx(lm_loss(forward(gpt2, edits), edits["labels"]).item(), rel=1e-6)
-    losses = editable_losses(gpt2, passages, edits, names, 0.5, params)
+    full = gpt2(input_ids=edits["input_ids"], attention_mask=edits["attention_mask"]).logits
+    assert losses["edit"].item() == pytest.approx(lm_loss(full, edits["labels"]).item(), rel=1e-6)
+    losses = editable_losses(model, passages, edits, 0.5, params)
     assert losses["locality"].item() > 1e-4
     expected = 0.5 * losses["base"] + 2.0 * losses["edit"] + 3.0 * losses["locality"]
     assert losses["total"].item() == pytest.approx(expected.item(), rel=1e-6)
     losses["total"].backward()
-    assert all(gpt2.get_parameter(n).grad is not None for n in names)
+    assert all(gpt2.get_parameter(n).grad is not None for n in model.names)

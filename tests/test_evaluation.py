@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from editable_lm.editing import collate, encode_edit, forward
+from editable_lm.editing import collate, encode_edit
 from editable_lm.evaluation import (
     EDIT_METRICS, Procedure, batched_edits, edit_model, evaluate_edits, held_out, locality, log_schedule, measure_edit,
     procedures, reference, sequential_edits,
@@ -17,6 +17,7 @@ from editable_lm.evaluation import (
 from editable_lm.metrics import edit_success, sequence_logprob
 from editable_lm.models import edit_parameter_names
 from editable_lm.params import EditParams
+from editable_lm.split_forward import SplitForward, Targets
 from editable_lm.training import encode_edits
 
 MAX_LEN = 32
@@ -41,13 +42,14 @@ LOC_PASSAGES = [{"text": "The river flows through the old town to the sea."}, {"
 
 @pytest.fixture
 def model(tokenizer):
-    return tiny_llama(vocab=len(tokenizer)).requires_grad_(False)
+    """A tiny Llama split below its top block, whose MLP weights the edits change."""
+    lm = tiny_llama(vocab=len(tokenizer)).requires_grad_(False)
+    return SplitForward(lm, edit_parameter_names(lm, EditParams(blocks=1)))
 
 
 @pytest.fixture
 def names(model):
-    """The MLP weights of the top block."""
-    return edit_parameter_names(model, EditParams(blocks=1))
+    return model.names
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def ref(model, tokenizer):
 def greedy_name(model, tokenizer, prefix: str) -> str:
     """The word the model predicts after `prefix`, checked to encode back as that one token."""
     ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    token = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
+    token = model.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
     word = tokenizer.decode([token])
     assert word.startswith(" ") and tokenizer(word, add_special_tokens=False)["input_ids"] == [token]
     return word.strip()
@@ -71,24 +73,32 @@ def pairs(model, tokenizer):
     return pairs
 
 
+@torch.no_grad()
+def full_target_logits(model, example):
+    """Logits at the labelled positions from the whole model, not from the split path."""
+    batch = collate([example], model.model.config.pad_token_id)
+    targets = Targets.of(batch["labels"])
+    logits = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits[targets.where], targets
+
+
 def logp(model, tokenizer, prefix: str, name: str) -> float:
-    batch = collate([encode_edit(tokenizer, prefix, name, MAX_LEN)], tokenizer.pad_token_id)
-    return sequence_logprob(forward(model, batch), batch["labels"]).item()
+    return sequence_logprob(*full_target_logits(model, encode_edit(tokenizer, prefix, name, MAX_LEN))).item()
 
 
 def pre_edit_success(model, tokenizer, pairs) -> list[float]:
     """Whether the unedited model already predicts each new name, computed without the evaluation module."""
     out = []
     for pair in pairs:
-        batch = collate([encode_edit(tokenizer, pair["prefix"], pair["new_name"], MAX_LEN)], tokenizer.pad_token_id)
-        out.append(float(edit_success(forward(model, batch), batch["labels"]).item()))
+        example = encode_edit(tokenizer, pair["prefix"], pair["new_name"], MAX_LEN)
+        out.append(float(edit_success(*full_target_logits(model, example)).item()))
     return out
 
 
 @torch.no_grad()
 def test_edit_with_zero_lr_changes_nothing(model, tokenizer, names, ref, pairs):
     """lr=0: no drawdown, KL 0, full top-1 agreement, no leakage, success and counterfactual as before."""
-    rows = evaluate_edits(model, tokenizer, pairs, names, Procedure("ft", 0.0, 2), ref, MAX_LEN, n_leak_probes=2)
+    rows = evaluate_edits(model, tokenizer, pairs, Procedure("ft", 0.0, 2), ref, MAX_LEN, n_leak_probes=2)
     success = pre_edit_success(model, tokenizer, pairs)
     assert success[0] == 1.0 and 0.0 in success  # both outcomes occur, so the comparison can fail
     assert [r["edit_id"] for r in rows] == [0, 1, 2, 3]
@@ -111,13 +121,13 @@ def test_edit_with_zero_lr_changes_nothing(model, tokenizer, names, ref, pairs):
 
 def test_strong_edit_raises_new_name_logprob(model, tokenizer, names, ref, pairs):
     """lr=1, 3 steps: the new name becomes more likely; the model's own weights stay as they were."""
-    before = {n: p.clone() for n, p in model.state_dict().items()}
+    before = {n: p.clone() for n, p in model.model.state_dict().items()}
     for pair in pairs:
-        row = measure_edit(model, tokenizer, pair, [], names, Procedure("ft", 1.0, 3), ref, MAX_LEN)
+        row = measure_edit(model, tokenizer, pair, [], Procedure("ft", 1.0, 3), ref, MAX_LEN)
         assert row["logp_new_post"] > row["logp_new_pre"] + 0.05
         assert row["leakage"] is None  # no leak pairs given
         assert row["sec_per_edit"] > 0
-    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+    assert all(torch.equal(p, before[n]) for n, p in model.model.state_dict().items())
 
 
 SURNAMES = ("Smith", "Brown", "Jones", "Miller", "Davis", "Wilson", "Taylor", "Clark", "Newton", "Darwin", "Planck", "Euler")
@@ -133,16 +143,16 @@ def test_strong_edit_flips_a_close_counterfactual(model, tokenizer, names, ref):
             "probes": [{"prefix": prefix, "name": old, "new_name": new}]}  # the edit's own sentence as a probe
     # Leak probes: the same sentence (new name newly wins: leaks) and one the new name already won before.
     leak_pairs = [{"prefix": prefix, "name": old}, {"prefix": prefix, "name": "Albert Einstein"}]
-    row = measure_edit(model, tokenizer, pair, leak_pairs, names, Procedure("ft", 1.0, 3), ref, MAX_LEN)
+    row = measure_edit(model, tokenizer, pair, leak_pairs, Procedure("ft", 1.0, 3), ref, MAX_LEN)
     assert (row["counterfactual_success"], row["generality"], row["leakage"]) == (1.0, 1.0, 0.5)
 
 
 def test_no_leakage_probes_gives_none(model, tokenizer, names, ref, pairs):
     """Without leakage probes (n_leak_probes=0, or no pair from another article), leakage is None."""
-    rows = evaluate_edits(model, tokenizer, pairs[:2], names, Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=0)
+    rows = evaluate_edits(model, tokenizer, pairs[:2], Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=0)
     assert [r["leakage"] for r in rows] == [None, None]
     same_article = pairs[:2]  # both in article 0: nothing to probe leakage with
-    rows = evaluate_edits(model, tokenizer, same_article, names, Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=3)
+    rows = evaluate_edits(model, tokenizer, same_article, Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=3)
     assert [r["leakage"] for r in rows] == [None, None]
 
 
@@ -152,8 +162,8 @@ def test_kl_penalty_keeps_locality_sample_closer(model, tokenizer, names, pairs)
     assert (ft.name, ft_kl.name) == ("ft", "ft_kl") and ft.locality is None and ft_kl.locality is not None
     for pair in pairs[1:3]:
         batch = encode_edits([pair], tokenizer, MAX_LEN)
-        kl_ft = locality(model, ft_kl.locality, edit_model(model, names, batch, ft))["kl"]
-        kl_penalised = locality(model, ft_kl.locality, edit_model(model, names, batch, ft_kl))["kl"]
+        kl_ft = locality(model, ft_kl.locality, edit_model(model, model.prepare(batch), ft))["kl"]
+        kl_penalised = locality(model, ft_kl.locality, edit_model(model, model.prepare(batch), ft_kl))["kl"]
         assert kl_ft > 0 and kl_penalised < 0.5 * kl_ft
 
 
@@ -161,8 +171,8 @@ def test_kl_penalty_has_no_effect_on_a_single_step(model, tokenizer, names, pair
     """KL(pre || post) has zero gradient at the unedited weights, so one FT+KL step equals one FT step."""
     ft, ft_kl = procedures(model, tokenizer, LOC_PASSAGES, lr=1.0, steps=1, kl_weight=1e4, max_len=MAX_LEN)
     batch = encode_edits([pairs[1]], tokenizer, MAX_LEN)
-    plain, penalised = edit_model(model, names, batch, ft), edit_model(model, names, batch, ft_kl)
-    assert any(not torch.equal(plain[n], model.get_parameter(n)) for n in names)
+    plain, penalised = edit_model(model, model.prepare(batch), ft), edit_model(model, model.prepare(batch), ft_kl)
+    assert any(not torch.equal(plain[n], model.model.get_parameter(n)) for n in names)
     for name in names:
         torch.testing.assert_close(penalised[name], plain[name], rtol=0, atol=1e-6)
 
@@ -178,7 +188,7 @@ def test_log_schedule():
 @torch.no_grad()
 def test_sequential_retention_when_nothing_is_forgotten(model, tokenizer, names, ref, pairs):
     """lr=0: at every checkpoint retention is the pre-edit success rate of the edits so far, drawdown 0."""
-    rows = sequential_edits(model, tokenizer, pairs, names, Procedure("ft", 0.0, 1), ref, MAX_LEN)
+    rows = sequential_edits(model, tokenizer, pairs, Procedure("ft", 0.0, 1), ref, MAX_LEN)
     success = pre_edit_success(model, tokenizer, pairs)
     assert [r["n_edits"] for r in rows] == [1, 2, 4]
     for row in rows:
@@ -191,15 +201,15 @@ def test_sequential_retention_when_nothing_is_forgotten(model, tokenizer, names,
 
 def test_sequential_edits_build_on_each_other(model, tokenizer, names, ref, pairs):
     """The second edit starts from the first one's weights, and the model's own parameters never change."""
-    before = {n: p.clone() for n, p in model.state_dict().items()}
+    before = {n: p.clone() for n, p in model.model.state_dict().items()}
     procedure = Procedure("ft", 1.0, 2)
-    rows = sequential_edits(model, tokenizer, pairs[1:3], names, procedure, ref, MAX_LEN)
-    first = edit_model(model, names, encode_edits([pairs[1]], tokenizer, MAX_LEN), procedure)
+    rows = sequential_edits(model, tokenizer, pairs[1:3], procedure, ref, MAX_LEN)
+    first = edit_model(model, model.prepare(encode_edits([pairs[1]], tokenizer, MAX_LEN)), procedure)
     second = encode_edits([pairs[2]], tokenizer, MAX_LEN)
-    chained = locality(model, ref, edit_model(model, names, second, procedure, start=first))["kl"]
-    alone = locality(model, ref, edit_model(model, names, second, procedure))["kl"]
+    chained = locality(model, ref, edit_model(model, model.prepare(second), procedure, start=first))["kl"]
+    alone = locality(model, ref, edit_model(model, model.prepare(second), procedure))["kl"]
     assert rows[-1]["kl"] == pytest.approx(chained, rel=1e-4) and rows[-1]["kl"] != pytest.approx(alone, rel=1e-2)
-    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+    assert all(torch.equal(p, before[n]) for n, p in model.model.state_dict().items())
 
 
 @torch.no_grad()
@@ -207,7 +217,7 @@ def test_batched_edits_one_row_per_batch(model, tokenizer, names, ref, pairs):
     """ceil(n / batch_size) rows; with lr=0 each row's success is its batch's pre-edit success rate."""
     success = pre_edit_success(model, tokenizer, pairs)
     for size in (1, 3, 4):
-        rows = batched_edits(model, tokenizer, pairs, names, Procedure("ft", 0.0, 1), ref, MAX_LEN, size)
+        rows = batched_edits(model, tokenizer, pairs, Procedure("ft", 0.0, 1), ref, MAX_LEN, size)
         assert [r["batch"] for r in rows] == list(range(math.ceil(len(pairs) / size)))
         for row in rows:
             chunk = success[row["batch"] * size : (row["batch"] + 1) * size]

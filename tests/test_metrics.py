@@ -10,6 +10,7 @@ import torch
 import numpy as np
 
 from editable_lm.editing import IGNORE
+from editable_lm.split_forward import Targets
 from editable_lm.metrics import (
     bootstrap_ci, edit_success, perplexity, relative_drawdown, sequence_logprob, summarize, top1_agreement,
 )
@@ -34,14 +35,16 @@ def test_edit_success():
         [0, 3, 5, 0],  # second name token wrong
         [6, 3, 4, 6],  # wrong only where nothing is labelled
     ])
-    assert edit_success(logits, labels).tolist() == [True, False, True]
+    targets = Targets.of(labels)
+    assert edit_success(logits[targets.where], targets).tolist() == [True, False, True]
 
 
 def test_uniform_logits():
     """Uniform logits: log-prob is n_labelled*log(1/V) per row, perplexity is V."""
     logits = torch.zeros(2, 5, V)
     labels = torch.tensor([[1, 2, 3, 4, 5], [IGNORE, IGNORE, IGNORE, 2, IGNORE]])
-    torch.testing.assert_close(sequence_logprob(logits, labels), torch.tensor([4, 1]) * math.log(1 / V))
+    targets = Targets.of(labels)
+    torch.testing.assert_close(sequence_logprob(logits[targets.where], targets), torch.tensor([4, 1]) * math.log(1 / V))
     assert perplexity(logits, labels) == pytest.approx(V)
 
 
@@ -50,7 +53,8 @@ def test_perplexity_of_certain_model_is_one():
     labels = torch.tensor([[1, 2, 3, 4]])
     logits = one_hot_logits([[2, 3, 4, 0]]) * 100
     assert perplexity(logits, labels) == pytest.approx(1.0)
-    assert sequence_logprob(logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    targets = Targets.of(labels)
+    assert sequence_logprob(logits[targets.where], targets).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_relative_drawdown():

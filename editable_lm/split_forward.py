@@ -1,0 +1,150 @@
+"""Run a causal LM in two parts: the blocks an edit cannot change once per input, the rest as often as needed.
+
+An edit changes only the edit parameters (by default the MLPs of the top 3 blocks). Every block
+below the lowest one it touches gives the same output before and after the edit, in every inner
+step and for every probe, so `SplitForward.prepare` runs those blocks once and keeps their output
+together with what the upper blocks need (attention mask, rotary embeddings, positions: whatever
+the model itself passes its blocks). `SplitForward.logits` then runs only the upper blocks, with
+edited weights swapped in through `torch.func.functional_call`, and applies the final norm and the
+LM head only at the positions a loss or metric reads.
+
+`split=False` keeps the plain full-model path (every block, every call), so that tests can compare
+the two and the benchmark can time both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from editable_lm.errors import EditLMError
+from editable_lm.models import decoder_blocks
+
+IGNORE = -100  # label of tokens that no loss is taken on
+
+Batch = dict[str, Tensor]  # input_ids, attention_mask, labels: each [B, T]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The labelled next-token positions of a batch, in row-major order."""
+
+    where: Tensor  # [B, T] bool: positions whose next token is labelled
+    tokens: Tensor  # [N] the labelled next tokens
+    rows: Tensor  # [N] the example each belongs to
+    n_rows: int  # B
+
+    @classmethod
+    def of(cls, labels: Tensor) -> Targets:
+        where = F.pad(labels[:, 1:] != IGNORE, (0, 1), value=False)
+        rows, cols = where.nonzero(as_tuple=True)
+        return cls(where, labels[rows, cols + 1], rows, labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch ready for the upper blocks: on the split path with the cached lower-block output."""
+
+    batch: Batch
+    targets: Targets
+    hidden: Tensor | None = None  # input of the first upper block [B, T, D]; None on the full path
+    args: tuple = ()  # the rest of what the model passes its blocks (masks, rotary embeddings, ...)
+    kwargs: dict = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    """Raised by the hook on the first upper block: the lower part is done."""
+
+
+class SplitForward:
+    """A causal LM split below the lowest block that the weights `names` live in.
+
+    Parameters passed to `logits` must be among `names` (the edit parameters).
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], split: bool = True):
+        self.model, self.names, self.split = model, list(names), split
+        self.prefix, self.blocks = decoder_blocks(model)
+        indices = [_block_index(self.prefix, name) for name in self.names]
+        if None in indices:
+            outside = self.names[indices.index(None)]
+            raise EditLMError(f"{outside}: edit weights must lie inside the transformer blocks ({self.prefix}.<i>)")
+        self.start = min(indices, default=len(self.blocks))
+        self.norm, self.head = _final_norm(model), model.get_output_embeddings()
+
+    def prepare(self, batch: Batch) -> Prepared:
+        """Run the blocks below `start` once (on the split path) and keep their output."""
+        targets = Targets.of(batch["labels"])
+        if not self.split:
+            return Prepared(batch, targets)
+        captured = {}
+
+        def stop(module, args, kwargs):
+            captured["args"], captured["kwargs"] = args, kwargs
+            raise _Stop
+
+        handle = self.blocks[self.start].register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            # No cache: the captured arguments are replayed for every upper-block run.
+            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        args, kwargs = captured["args"], dict(captured["kwargs"])
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        return Prepared(batch, targets, hidden, tuple(args[1:]), kwargs)
+
+    def logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None, where: Tensor | None = None) -> Tensor:
+        """Logits [B, T, V], or [N, V] at the positions `where` [B, T] marks, with `params` swapped in."""
+        params = dict(params or {})
+        if not self.split:
+            batch = inputs.batch
+            kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            if params:
+                logits = functional_call(self.model, params, args=(), kwargs=kwargs, strict=False)["logits"]
+            else:
+                logits = self.model(**kwargs).logits
+            return logits if where is None else logits[where]
+        hidden = inputs.hidden
+        for index in range(self.start, len(self.blocks)):
+            scope = f"{self.prefix}.{index}."
+            own = {name[len(scope) :]: value for name, value in params.items() if name.startswith(scope)}
+            block = self.blocks[index]
+            if own:
+                hidden = functional_call(block, own, args=(hidden, *inputs.args), kwargs=inputs.kwargs, strict=False)
+            else:
+                hidden = block(hidden, *inputs.args, **inputs.kwargs)
+        if where is not None:
+            hidden = hidden[where]  # [N, D]: the LM head costs as much as several blocks per position
+        return self.head(self.norm(hidden))
+
+    def target_logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Logits [N, V] at the labelled positions only (see `Targets`)."""
+        return self.logits(inputs, params, inputs.targets.where)
+
+
+def _block_index(prefix: str, name: str) -> int | None:
+    if not name.startswith(prefix + "."):
+        return None
+    head = name[len(prefix) + 1 :].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _final_norm(model: nn.Module) -> nn.Module:
+    """The norm between the last block and the LM head (Llama `norm`, GPT-2 `ln_f`)."""
+    base = model.base_model
+    for name in ("norm", "ln_f", "final_layer_norm"):
+        if isinstance(getattr(base, name, None), nn.Module):
+            return getattr(base, name)
+    raise EditLMError(f"{type(model).__name__}: found no final norm (norm, ln_f, final_layer_norm) to split the model at")
+
+
+def upcast(logits: Tensor) -> Tensor:
+    """At least float32 for softmax, without cutting float64 down."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
