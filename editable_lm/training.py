@@ -9,10 +9,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from editable_lm.editing import Batch, apply_edit, collate, encode_edit, encode_text, forward, kl_divergence, lm_loss
+from editable_lm.editing import Batch, apply_edit, collate, encode_edit, encode_text, kl_divergence, lm_loss, target_loss
 from editable_lm.errors import EditLMError
 from editable_lm.models import device, edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, EditParams, TrainParams
+from editable_lm.split_forward import SplitForward
 
 
 def passage_batches(passages: list[dict], tokenizer, params: TrainParams) -> Iterator[list[dict]]:
@@ -49,7 +50,7 @@ def finetune(model: nn.Module, tokenizer, passages: list[dict], params: TrainPar
     optimizer = torch.optim.Adam([model.get_parameter(n) for n in names], lr=params.lr)
     for batch_passages in tqdm(passage_batches(passages, tokenizer, params), total=params.steps, desc="finetune"):
         batch = encode_passages(batch_passages, tokenizer, params.seq_len)
-        loss = lm_loss(forward(model, batch), batch["labels"])
+        loss = lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,10 +61,9 @@ def finetune(model: nn.Module, tokenizer, passages: list[dict], params: TrainPar
 
 
 def editable_losses(
-    model: nn.Module,
+    model: SplitForward,
     passages: Batch,
     edits: Batch,
-    edit_names: list[str],
     inner_lr: float | dict[str, Tensor],
     params: EditableParams,
 ) -> dict[str, Tensor]:
@@ -71,13 +71,16 @@ def editable_losses(
 
     base: LM loss of the unedited model on the passages; edit: edit loss after the inner
     loop; locality: KL(pre || post) on the passages, the pre-edit distribution held fixed.
+    The blocks below the edit run once per input (`SplitForward.prepare`); their graph is
+    shared by every pass above them, so the outer gradient still reaches trained lower blocks.
     """
-    pre_logits = forward(model, passages)
-    base = lm_loss(pre_logits, passages["labels"])
-    start = {name: model.get_parameter(name) for name in edit_names}
+    passages, edits = model.prepare(passages), model.prepare(edits)
+    pre_logits = model.logits(passages)
+    base = lm_loss(pre_logits, passages.batch["labels"])
+    start = {name: model.model.get_parameter(name) for name in model.names}
     edited = apply_edit(model, start, edits, inner_lr, params.inner_steps, create_graph=not params.first_order)
-    edit = lm_loss(forward(model, edits, edited), edits["labels"])
-    locality = kl_divergence(pre_logits.detach(), forward(model, passages, edited), passages["attention_mask"])
+    edit = target_loss(model.target_logits(edits, edited), edits.targets)
+    locality = kl_divergence(pre_logits.detach(), model.logits(passages, edited), passages.batch["attention_mask"])
     total = params.cbase * base + params.cedit * edit + params.cloc * locality
     return {"total": total, "base": base, "edit": edit, "locality": locality}
 
@@ -99,6 +102,7 @@ def train_editable(
     torch.manual_seed(train.seed)
     model.to(device()).train()
     edit_names = edit_parameter_names(model, edit)
+    split = SplitForward(model, edit_names)
     names = trainable_parameters(model, train, extra=edit_names)
     inner_lr = {n: torch.tensor(editable.inner_lr, device=device(), requires_grad=editable.learn_lr) for n in edit_names}
     groups = [{"params": [model.get_parameter(n) for n in names], "lr": train.lr}]
@@ -114,10 +118,9 @@ def train_editable(
             raise EditLMError("editable: every training edit shares an article with the passage batch")
         pair = edit_rng.choice(unrelated)
         losses = editable_losses(
-            model,
+            split,
             encode_passages(batch_passages, tokenizer, train.seq_len),
             encode_edits([pair], tokenizer, train.seq_len),
-            edit_names,
             inner_lr,
             editable,
         )
