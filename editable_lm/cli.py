@@ -24,12 +24,16 @@ def stage_args(description: str, *paths: str, complete: bool = False) -> tuple[P
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage; a user-facing error becomes one line on stderr and exit status 1."""
+    """Run a stage; a user-facing error becomes one line on stderr and exit status 1, Ctrl-C exit 130."""
     try:
         main()
     except EditLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # 130 = 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C.
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def live_logger(path: str):

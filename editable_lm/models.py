@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedModel
 
@@ -79,6 +80,9 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path) -> None
         tokenizer.save_pretrained(tmp)
 
 
+_RESTORE = "; restore it with `dvc checkout {0}` or rebuild it with `dvc repro --force <the stage that writes it>`"
+
+
 def load_checkpoint(path: str | Path, eager: bool = True) -> tuple[PreTrainedModel, object]:
     """Load a saved checkpoint in float32 on `device()`.
 
@@ -87,9 +91,18 @@ def load_checkpoint(path: str | Path, eager: bool = True) -> tuple[PreTrainedMod
     path = Path(path)
     if not (path / "config.json").is_file():
         raise EditLMError(f"{path}: not a model checkpoint (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise EditLMError(f"{path}: incomplete checkpoint, no tokenizer files (tokenizer.json){_RESTORE.format(path)}")
     kwargs = {"attn_implementation": "eager"} if eager else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True, **kwargs)
+    # A truncated or corrupted file raises deep inside transformers/safetensors, naming no file.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, SafetensorError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        weights = path / "model.safetensors"
+        where = weights if isinstance(exc, SafetensorError) and weights.is_file() else path
+        raise EditLMError(f"{where}: incomplete or corrupted checkpoint ({reason}){_RESTORE.format(path)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device()), tokenizer

@@ -1,5 +1,11 @@
 """Meta-train the editable model (Editable Neural Networks: MAML over edits)."""
 
+import importlib.util
+import sys
+
+if importlib.util.find_spec("editable_lm") is None:  # a python outside .venv, e.g. dvc run from a plain shell
+    sys.exit("error: editable_lm is not installed for this python; enter the environment first: source .venv/bin/activate")
+
 from pathlib import Path
 
 from safetensors.torch import save_file

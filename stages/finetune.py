@@ -1,5 +1,11 @@
 """Fine-tune the base model on the LM loss alone: the baseline with the editable model's budget."""
 
+import importlib.util
+import sys
+
+if importlib.util.find_spec("editable_lm") is None:  # a python outside .venv, e.g. dvc run from a plain shell
+    sys.exit("error: editable_lm is not installed for this python; enter the environment first: source .venv/bin/activate")
+
 from pathlib import Path
 
 from editable_lm.cli import live_logger, run_stage, stage_args

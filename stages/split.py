@@ -1,5 +1,11 @@
 """Split passages and edit pairs into train/val/test by article."""
 
+import importlib.util
+import sys
+
+if importlib.util.find_spec("editable_lm") is None:  # a python outside .venv, e.g. dvc run from a plain shell
+    sys.exit("error: editable_lm is not installed for this python; enter the environment first: source .venv/bin/activate")
+
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
