@@ -63,9 +63,9 @@ class Section(BaseModel):
 
 
 def check_source(source: str) -> str:
-    """`data.source` must name a known corpus."""
-    if source not in DATA_SOURCES:
-        raise ParamError(f"unknown value {source!r} (choose from {', '.join(DATA_SOURCES)})")
+    """`data.source` must name a known corpus, or be a path: a local corpus, checked where it is read."""
+    if source not in DATA_SOURCES and "/" not in source:
+        raise ParamError(f"unknown value {source!r} (choose from {', '.join(DATA_SOURCES)}, or a path inside corpus/)")
     return source
 
 

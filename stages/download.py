@@ -1,4 +1,4 @@
-"""Download Wikipedia text and write it as passages with article ids."""
+"""Read the corpus (Wikipedia, WikiText or local files in --corpus) and write it as passages with article ids."""
 
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.corpus import load_passages
@@ -6,8 +6,8 @@ from editable_lm.storage import write_jsonl
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--out")
-    passages = load_passages(params.data)
+    params, args = stage_args(__doc__, "--corpus", "--out")
+    passages = load_passages(params.data, corpus_dir=args.corpus)
     write_jsonl(args.out, passages)
     print(f"{len(passages)} passages from {passages[-1]['article_id'] + 1} articles -> {args.out}")
 
