@@ -6,9 +6,19 @@ import numpy as np
 from sklearn.model_selection import GroupShuffleSplit
 
 from editable_lm.errors import EditLMError
-from editable_lm.params import SplitParams
+from editable_lm.params import Params, SplitParams
 
 SPLITS = ("train", "val", "test")
+KINDS = ("passages", "pairs")
+
+# Where the evaluation stages draw each sample from: parameter -> (split, kind of rows).
+SAMPLES = {
+    "reliability.n_edits": ("test", "pairs"),
+    "sweep.n_edits": ("test", "pairs"),
+    "sequential.n_edits": ("test", "pairs"),
+    "evaluate.n_ppl_passages": ("test", "passages"),
+    "evaluate.n_loc_passages": ("val", "passages"),
+}
 
 
 def split_articles(article_ids: list[int], params: SplitParams) -> dict[int, str]:
@@ -34,3 +44,34 @@ def split_articles(article_ids: list[int], params: SplitParams) -> dict[int, str
 def rows_in_split(rows: list[dict], assignment: dict[int, str], split: str) -> list[dict]:
     """The rows (passages or pairs) whose article belongs to `split`."""
     return [row for row in rows if assignment[row["article_id"]] == split]
+
+
+def sample_sizes(params: Params) -> dict[str, int]:
+    """The sample sizes the evaluation stages will ask of the split (the keys of `SAMPLES`)."""
+    return {key: getattr(getattr(params, key.split(".")[0]), key.split(".")[1]) for key in SAMPLES}
+
+
+def check_split(counts: dict[tuple[str, str], int], samples: dict[str, int]) -> None:
+    """Fail now, before any training, if a split is empty or smaller than a sample drawn from it.
+
+    `counts[(split, kind)]`: rows per split and kind; `samples`: `sample_sizes(params)`.
+    """
+    for split in SPLITS:
+        for kind in KINDS:
+            if counts[split, kind] == 0:
+                total = sum(counts[s, kind] for s in SPLITS)
+                raise EditLMError(
+                    f"split: the {split} split has no {_NOUN[kind]} ({total} in the whole corpus): the corpus is "
+                    f"too small; raise data.max_articles (0 keeps every article) or change split.val_frac/test_frac"
+                )
+    for key, wanted in samples.items():
+        split, kind = SAMPLES[key]
+        have = counts[split, kind]
+        if wanted > have:
+            raise EditLMError(
+                f"{key}: {wanted} {_NOUN[kind]} wanted but the {split} split has {have}; "
+                f"lower {key} to at most {have}, or use a larger corpus (data.max_articles) or split.{split}_frac"
+            )
+
+
+_NOUN = {"passages": "passages", "pairs": "edit pairs"}

@@ -9,7 +9,7 @@ if importlib.util.find_spec("editable_lm") is None:  # a python outside .venv, e
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.split import SPLITS, rows_in_split, split_articles
+from editable_lm.split import SPLITS, check_split, rows_in_split, sample_sizes, split_articles
 from editable_lm.storage import atomic_path, read_jsonl, write_jsonl
 
 
@@ -17,11 +17,15 @@ def main() -> None:
     params, args = stage_args(__doc__, "--passages", "--pairs", "--out")
     passages, pairs = read_jsonl(args.passages), read_jsonl(args.pairs)
     assignment = split_articles([p["article_id"] for p in passages], params.split)
+    parts = {(split, kind): rows_in_split(rows, assignment, split)
+             for split in SPLITS for kind, rows in (("passages", passages), ("pairs", pairs))}
+    # Checked here, not in the evaluation stages, so that a too-small corpus fails before training.
+    check_split({key: len(rows) for key, rows in parts.items()}, sample_sizes(params))
     with atomic_path(args.out) as tmp:
+        for (split, kind), rows in parts.items():
+            write_jsonl(Path(tmp, f"{kind}_{split}.jsonl"), rows)
         for split in SPLITS:
-            n_passages = write_jsonl(Path(tmp, f"passages_{split}.jsonl"), rows_in_split(passages, assignment, split))
-            n_pairs = write_jsonl(Path(tmp, f"pairs_{split}.jsonl"), rows_in_split(pairs, assignment, split))
-            print(f"{split}: {n_passages} passages, {n_pairs} edit pairs")
+            print(f"{split}: {len(parts[split, 'passages'])} passages, {len(parts[split, 'pairs'])} edit pairs")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from editable_lm.errors import EditLMError
-from editable_lm.params import SplitParams
-from editable_lm.split import SPLITS, rows_in_split, split_articles
+from editable_lm.params import Params, SplitParams
+from editable_lm.split import SPLITS, check_split, rows_in_split, sample_sizes, split_articles
 
 ARTICLES = list(range(200))
 
@@ -56,3 +56,49 @@ def test_few_articles_split_or_clear_error(n):
     except EditLMError:
         return
     assert set(assignment.values()) == set(SPLITS)
+
+
+def counts(passages=(10, 5, 5), pairs=(10, 5, 5)) -> dict[tuple[str, str], int]:
+    return {**{(s, "passages"): n for s, n in zip(SPLITS, passages)}, **{(s, "pairs"): n for s, n in zip(SPLITS, pairs)}}
+
+
+def test_sample_sizes_read_the_evaluation_params():
+    sizes = sample_sizes(Params())
+    assert sizes == {
+        "reliability.n_edits": Params().reliability.n_edits, "sweep.n_edits": Params().sweep.n_edits,
+        "sequential.n_edits": Params().sequential.n_edits, "evaluate.n_ppl_passages": Params().evaluate.n_ppl_passages,
+        "evaluate.n_loc_passages": Params().evaluate.n_loc_passages,
+    }
+
+
+def test_check_split_accepts_samples_that_fit():
+    check_split(counts(), {"reliability.n_edits": 5, "evaluate.n_ppl_passages": 5, "evaluate.n_loc_passages": 5})
+
+
+@pytest.mark.parametrize(
+    ("split_counts", "message"),
+    [
+        (counts(pairs=(1, 0, 0)), "split: the val split has no edit pairs (1 in the whole corpus)"),
+        (counts(pairs=(0, 3, 3)), "split: the train split has no edit pairs (6 in the whole corpus)"),
+        (counts(passages=(4, 2, 0)), "split: the test split has no passages (6 in the whole corpus)"),
+    ],
+)
+def test_check_split_refuses_an_empty_part(split_counts, message):
+    """The corpus of one pair (data.max_articles: 15): fails in split, naming the cause."""
+    with pytest.raises(EditLMError) as info:
+        check_split(split_counts, {})
+    assert str(info.value).startswith(message) and "data.max_articles" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("sequential.n_edits", "sequential.n_edits: 6 edit pairs wanted but the test split has 5; lower sequential.n_edits to at most 5"),
+        ("evaluate.n_ppl_passages", "evaluate.n_ppl_passages: 6 passages wanted but the test split has 5; lower"),
+        ("evaluate.n_loc_passages", "evaluate.n_loc_passages: 6 passages wanted but the val split has 5; lower"),
+    ],
+)
+def test_check_split_refuses_a_sample_larger_than_its_split(key, message):
+    with pytest.raises(EditLMError) as info:
+        check_split(counts(), {key: 6})
+    assert str(info.value).startswith(message), str(info.value)
