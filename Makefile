@@ -1,9 +1,9 @@
-# `make repro` runs the pipeline, `make test` the tests; both set up .venv from pinned requirements first.
+# `make repro` runs the pipeline, `make test` the tests, `make bench` the speed benchmark; both set up .venv from pinned requirements first.
 PYTHON ?= python3.11
 VENV := .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv repro test clean-venv
+.PHONY: venv repro test bench clean-venv
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ repro: venv
 
 test: venv
 	python -m pytest -q
+
+# Speed figures (README, "Speed"): run on a quiet machine.
+bench: venv
+	python benchmarks/bench.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,7 +33,7 @@ ENV = {
     "OMP_NUM_THREADS": "1",
 }
 # What the project ships to a user: code, pipeline, params, DVC config (with the default remote).
-PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "stages", "editable_lm")
+PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "stages", "editable_lm", "corpus/README.md", "corpus/.gitignore")
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
@@ -83,6 +83,7 @@ def build_smoke_repo(repo: Path) -> Path:
     repo.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)  # corpus/: its README, not a user's corpora
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
     shutil.rmtree(repo / "editable_lm" / "__pycache__", ignore_errors=True)
     (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())

@@ -1,0 +1,176 @@
+"""Speed of a MAML step and of edit evaluation: the split forward against the full model and `higher`.
+
+    make bench            # or: python benchmarks/bench.py [--rounds 5] [--edits 12]
+
+1. A GPT-2 of distilGPT-2's shape (6 layers, 768 dims, 12 heads, vocab 50257, random weights,
+   eager attention): passages 1x128, an edit 1x40 with 4 labelled tokens, the inner loop over
+   every weight of the top 3 blocks, one inner step, outer loss L_base + 10 KL + L_edit, every
+   weight trained. Timed side by side, interleaved, median of `--rounds` rounds after a warm-up:
+   a plain LM training step, this project's MAML step (split and full forward) and a MAML step
+   through `higher` (the original study's library).
+2. The default configuration (params.yaml: SmolLM2-135M, edit and training settings): seconds per
+   MAML step, split and full; edit evaluations a minute with locality on
+   `evaluate.n_ppl_passages` x `evaluate.seq_len` held-out tokens, for both edit procedures.
+
+Prints figures and ratios; asserts nothing. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from typing import Callable
+
+import higher
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from editable_lm.corpus import load_passages
+from editable_lm.editing import IGNORE, collate, kl_divergence, lm_loss
+from editable_lm.evaluation import evaluate_edits, procedures, reference
+from editable_lm.models import build_base_model, edit_parameter_names, top_block_parameter_names
+from editable_lm.params import EditableParams, load_params
+from editable_lm.split_forward import SplitForward
+from editable_lm.training import editable_losses, encode_edits, encode_passages, trainable_parameters
+
+NAMES = ["Marie Curie", "Niels Bohr", "Ada Lovelace", "Alan Turing", "Rosalind Franklin", "Enrico Fermi"]
+
+
+def median_times(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Seconds per call of each step: one warm-up round, then `rounds` interleaved rounds, median."""
+    times = {name: [] for name in steps}
+    for round_ in range(rounds + 1):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def random_batch(generator: torch.Generator, length: int, n_labelled: int, vocab: int) -> dict:
+    ids = torch.randint(0, vocab, (length,), generator=generator).tolist()
+    return collate([(ids, [IGNORE] * (length - n_labelled) + ids[length - n_labelled :])], pad_id=0)
+
+
+def distilgpt2_steps() -> dict[str, Callable[[], None]]:
+    """The four steps of part 1, on one model and one Adam optimizer over every weight."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=6, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    passages, edit = random_batch(g, 128, 128, config.vocab_size), random_batch(g, 40, 4, config.vocab_size)
+    names = top_block_parameter_names(model, 3)
+    maml = EditableParams(inner_steps=1, inner_lr=1e-3, cbase=1.0, cedit=1.0, cloc=10.0)
+    inputs = {k: passages[k] for k in ("input_ids", "attention_mask")}
+
+    def update(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def plain():
+        update(lm_loss(model(**inputs).logits, passages["labels"]))
+
+    def ours(split: bool):
+        return lambda: update(editable_losses(SplitForward(model, names, split), passages, edit, maml.inner_lr, maml)["total"])
+
+    def with_higher():
+        pre = model(**inputs).logits
+        inner = torch.optim.SGD([model.get_parameter(n) for n in names], lr=maml.inner_lr)
+        with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
+            edit_inputs = {k: edit[k] for k in ("input_ids", "attention_mask")}
+            diffopt.step(lm_loss(fmodel(**edit_inputs).logits, edit["labels"]))
+            edit_loss = lm_loss(fmodel(**edit_inputs).logits, edit["labels"])
+            kl = kl_divergence(pre.detach(), fmodel(**inputs).logits, passages["attention_mask"])
+            update(lm_loss(pre, passages["labels"]) + 10.0 * kl + edit_loss)
+
+    return {"plain LM step": plain, "MAML, split (ours)": ours(True), "MAML, full model": ours(False), "MAML, higher": with_higher}
+
+
+def synthetic_pairs(passages: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """Edit pairs shaped like the pipeline's: a passage's opening words as prefix, names swapped, probes."""
+    rng = random.Random(seed)
+    pairs = []
+    for i, passage in enumerate(rng.sample(passages, n)):
+        words = passage["text"].split()
+        prefix = " ".join(words[: rng.randint(10, 30)])
+        old, new = rng.sample(NAMES, 2)
+        probes = [{"prefix": " ".join(words[5:25]), "name": old.split()[-1], "new_name": new.split()[-1]}]
+        pairs.append({"id": i, "article_id": i, "prefix": prefix, "name": old, "new_name": new, "probes": probes})
+    return pairs
+
+
+def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
+    """Part 2: MAML step seconds and edit evaluations a minute on the default params, split vs full."""
+    params = load_params("params.yaml")
+    model, tokenizer = build_base_model(params.model.name)
+    model.config._attn_implementation = "eager"  # as load_checkpoint does: MAML needs double backward
+    passages = load_passages(params.data)
+    rng = random.Random(0)
+    train_passages, eval_passages = rng.sample(passages, 64), rng.sample(passages, params.evaluate.n_ppl_passages)
+    pairs = synthetic_pairs(passages, n_edits)
+    names = edit_parameter_names(model, params.edit)
+    trained = trainable_parameters(model, params.train, extra=names)
+    optimizer = torch.optim.Adam([model.get_parameter(n) for n in trained], lr=params.train.lr)
+    model.train()
+
+    def maml(split: bool):
+        def step():
+            batch = rng.sample(train_passages, params.train.batch_size)
+            losses = editable_losses(
+                SplitForward(model, names, split),
+                encode_passages(batch, tokenizer, params.train.seq_len),
+                encode_edits([rng.choice(pairs)], tokenizer, params.train.seq_len),
+                params.editable.inner_lr, params.editable,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+        return step
+
+    steps = median_times({"split": maml(True), "full": maml(False)}, rounds)
+    rows = [("MAML step, default config (s)", steps["split"], steps["full"])]
+    model.eval().requires_grad_(False)
+    cfg = params.evaluate
+    for procedure_name in ("ft", "ft_kl"):
+        rates = {}
+        for split in (True, False):
+            forward = SplitForward(model, names, split)
+            ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
+            procedure = {p.name: p for p in procedures(forward, tokenizer, train_passages[:cfg.n_loc_passages],
+                                                        cfg.edit_lr, cfg.edit_steps, cfg.kl_weight, cfg.seq_len)}[procedure_name]
+            evaluate_edits(forward, tokenizer, pairs[:1], procedure, ref, cfg.seq_len, params.reliability.n_leak_probes)  # warm-up
+            start = time.perf_counter()
+            evaluate_edits(forward, tokenizer, pairs, procedure, ref, cfg.seq_len, params.reliability.n_leak_probes)
+            rates[split] = 60 * len(pairs) / (time.perf_counter() - start)
+        tokens = cfg.n_ppl_passages * cfg.seq_len
+        rows.append((f"edit evaluations a minute, {procedure_name}, locality on {tokens} tokens", rates[True], rates[False]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
+    parser.add_argument("--edits", type=int, default=12, help="edits timed per procedure and path (default 12)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    times = median_times(distilgpt2_steps(), args.rounds)
+    print("\n## distilGPT-2 shape (median seconds per step)\n\n| step | s | x plain step |\n|---|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {seconds:.3f} | {seconds / times['plain LM step']:.2f} |")
+    ours = times["MAML, split (ours)"]
+    print(f"\nhigher / ours: {times['MAML, higher'] / ours:.2f}x; full / ours: {times['MAML, full model'] / ours:.2f}x")
+
+    print("\n## Default configuration (params.yaml)\n\n| figure | split | full | split / full |\n|---|---|---|---|")
+    for name, split, full in default_config(args.rounds, args.edits):
+        print(f"| {name} | {split:.2f} | {full:.2f} | {split / full:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
