@@ -10,8 +10,10 @@ from editable_lm.errors import EditLMError
 from editable_lm.params import Params, load_params
 
 
-def stage_args(description: str, *paths: str, complete: bool = False) -> tuple[Params, argparse.Namespace]:
-    """Parse `--params` plus the named path arguments, and load validated params.
+def stage_args(
+    description: str, *paths: str, optional: tuple[str, ...] = (), complete: bool = False
+) -> tuple[Params, argparse.Namespace]:
+    """Parse `--params` plus the named path arguments (`optional` ones default to None), and load validated params.
 
     `complete`: every section must be in the file (check_params, which guards the pipeline).
     """
@@ -19,6 +21,8 @@ def stage_args(description: str, *paths: str, complete: bool = False) -> tuple[P
     parser.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
     for path in paths:
         parser.add_argument(path, required=True)
+    for path in optional:
+        parser.add_argument(path)
     args = parser.parse_args()
     return load_params(args.params, complete=complete), args
 

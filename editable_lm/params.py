@@ -115,6 +115,7 @@ class TrainParams(Section):
     batch_size: Int = AtLeast(2, 1)
     seq_len: Int = AtLeast(64, 8)
     outer_blocks: Int = AtLeast(6, 0)  # only the top blocks are trained (0 trains every block)
+    checkpoint_every: Int = AtLeast(50, 0)  # steps between resumable checkpoints (0: none)
 
 
 class EditableParams(Section):

@@ -10,16 +10,22 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from editable_lm.editing import Batch, apply_edit, collate, encode_edit, encode_text, kl_divergence, lm_loss, target_loss
+from editable_lm.checkpoints import Checkpoints, TrainState
 from editable_lm.errors import EditLMError
 from editable_lm.models import device, edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, EditParams, TrainParams
 from editable_lm.split_forward import SplitForward
 
 
-def passage_batches(passages: list[dict], tokenizer, params: TrainParams) -> Iterator[list[dict]]:
-    """`params.steps` seeded batches of training passages, identical for both trained models."""
-    rng = random.Random(params.seed)
-    for _ in range(params.steps):
+def passage_batches(
+    passages: list[dict], tokenizer, params: TrainParams, rng: random.Random | None = None, start: int = 0
+) -> Iterator[list[dict]]:
+    """`params.steps` seeded batches of training passages, identical for both trained models.
+
+    A resumed run passes the restored `rng` and the step to `start` at.
+    """
+    rng = rng or random.Random(params.seed)
+    for _ in range(start, params.steps):
         yield rng.sample(passages, min(params.batch_size, len(passages)))
 
 
@@ -42,21 +48,25 @@ def trainable_parameters(model: nn.Module, params: TrainParams, extra: list[str]
     return [name for name, _ in model.named_parameters() if name in names]
 
 
-def finetune(model: nn.Module, tokenizer, passages: list[dict], params: TrainParams, live=None) -> nn.Module:
+def finetune(
+    model: nn.Module, tokenizer, passages: list[dict], params: TrainParams, live=None, checkpoints: Checkpoints | None = None
+) -> nn.Module:
     """The baseline: Adam on the LM loss of the training passages, nothing else."""
     torch.manual_seed(params.seed)
     model.to(device()).train()
     names = trainable_parameters(model, params)
     optimizer = torch.optim.Adam([model.get_parameter(n) for n in names], lr=params.lr)
-    for batch_passages in tqdm(passage_batches(passages, tokenizer, params), total=params.steps, desc="finetune"):
+    checkpoints = checkpoints or Checkpoints(None, 0, {})
+    state = TrainState(model, names, optimizer, {"batches": random.Random(params.seed)})
+    start = checkpoints.resume(state, live)
+    batches = passage_batches(passages, tokenizer, params, state.rngs["batches"], start)
+    for step, batch_passages in enumerate(tqdm(batches, initial=start, total=params.steps, desc="finetune"), start + 1):
         batch = encode_passages(batch_passages, tokenizer, params.seq_len)
         loss = lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if live is not None:
-            live.log_metric("train/loss_base", loss.item())
-            live.next_step()
+        checkpoints.step_done(step, state, live, {"train/loss_base": loss.item()})
     return model.eval()
 
 
@@ -94,6 +104,7 @@ def train_editable(
     editable: EditableParams,
     edit: EditParams,
     live=None,
+    checkpoints: Checkpoints | None = None,
 ) -> tuple[nn.Module, dict[str, Tensor]]:
     """MAML (Editable Neural Networks): each step makes one edit and keeps the rest of the model in place.
 
@@ -110,7 +121,11 @@ def train_editable(
         groups.append({"params": list(inner_lr.values()), "lr": editable.lr_lr})
     optimizer = torch.optim.Adam(groups)
     edit_rng = random.Random(train.seed + 1)  # its own stream, so passage batches match finetune's
-    for batch_passages in tqdm(passage_batches(passages, tokenizer, train), total=train.steps, desc="editable"):
+    checkpoints = checkpoints or Checkpoints(None, 0, {})
+    state = TrainState(model, names, optimizer, {"batches": random.Random(train.seed), "edits": edit_rng}, inner_lr)
+    start = checkpoints.resume(state, live)
+    batches = passage_batches(passages, tokenizer, train, state.rngs["batches"], start)
+    for step, batch_passages in enumerate(tqdm(batches, initial=start, total=train.steps, desc="editable"), start + 1):
         # The passage must be unrelated to the edit: never from the edit's article.
         articles = {p["article_id"] for p in batch_passages}
         unrelated = [p for p in pairs if p["article_id"] not in articles]
@@ -130,8 +145,5 @@ def train_editable(
         with torch.no_grad():
             for lr in inner_lr.values():
                 lr.clamp_(min=0.0)  # a negative learning rate would undo edits
-        if live is not None:
-            for key, value in losses.items():
-                live.log_metric(f"train/loss_{key}", value.item())
-            live.next_step()
+        checkpoints.step_done(step, state, live, {f"train/loss_{key}": value.item() for key, value in losses.items()})
     return model.eval(), {n: lr.detach() for n, lr in inner_lr.items()}

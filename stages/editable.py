@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from editable_lm.checkpoints import training_checkpoints
 from editable_lm.cli import live_logger, run_stage, stage_args
 from editable_lm.models import INNER_LR_SCALE_FILE, load_checkpoint, save_checkpoint
 from editable_lm.storage import atomic_path, read_jsonl
@@ -17,19 +18,23 @@ from editable_lm.training import train_editable
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--base", "--split", "--out", "--live")
-    passages = read_jsonl(Path(args.split, "passages_train.jsonl"))
-    pairs = read_jsonl(Path(args.split, "pairs_train.jsonl"))
+    params, args = stage_args(__doc__, "--base", "--split", "--out", "--live", optional=("--resume-dir",))
+    inputs = [args.base, Path(args.split, "passages_train.jsonl"), Path(args.split, "pairs_train.jsonl")]
+    passages, pairs = read_jsonl(inputs[1]), read_jsonl(inputs[2])
     model, tokenizer = load_checkpoint(args.base)
+    checkpoints = training_checkpoints(
+        args.resume_dir, "editable", params.train, inputs, editable=params.editable, edit=params.edit
+    )
     with live_logger(args.live) as live:
         model, inner_lr = train_editable(
-            model, tokenizer, passages, pairs, params.train, params.editable, params.edit, live
+            model, tokenizer, passages, pairs, params.train, params.editable, params.edit, live, checkpoints
         )
     with atomic_path(args.out) as tmp:
         save_checkpoint(model, tokenizer, tmp)
         if params.editable.learn_lr:
             scales = {n: (lr / params.editable.inner_lr).reshape(1).cpu() for n, lr in inner_lr.items()}
             save_file(scales, Path(tmp, INNER_LR_SCALE_FILE))
+    checkpoints.clear()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ if importlib.util.find_spec("editable_lm") is None:  # a python outside .venv, e
 
 from pathlib import Path
 
+from editable_lm.checkpoints import training_checkpoints
 from editable_lm.cli import live_logger, run_stage, stage_args
 from editable_lm.models import load_checkpoint, save_checkpoint
 from editable_lm.storage import read_jsonl
@@ -15,12 +16,15 @@ from editable_lm.training import finetune
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--base", "--split", "--out", "--live")
-    passages = read_jsonl(Path(args.split, "passages_train.jsonl"))
+    params, args = stage_args(__doc__, "--base", "--split", "--out", "--live", optional=("--resume-dir",))
+    passages_path = Path(args.split, "passages_train.jsonl")
+    passages = read_jsonl(passages_path)
     model, tokenizer = load_checkpoint(args.base)
+    checkpoints = training_checkpoints(args.resume_dir, "finetune", params.train, [args.base, passages_path])
     with live_logger(args.live) as live:
-        model = finetune(model, tokenizer, passages, params.train, live)
+        model = finetune(model, tokenizer, passages, params.train, live, checkpoints)
     save_checkpoint(model, tokenizer, args.out)
+    checkpoints.clear()
 
 
 if __name__ == "__main__":

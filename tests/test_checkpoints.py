@@ -1,0 +1,151 @@
+"""Resumable training: a stage killed after a checkpoint, rerun, ends with the uninterrupted run's weights.
+
+The real stage scripts run in subprocesses on a tiny random GPT-2 (its dropout draws on torch's RNG);
+the kill is a real SIGKILL, sent as soon as the first checkpoint is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from editable_lm.models import build_base_model, save_checkpoint
+from editable_lm.storage import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+STEPS, EVERY = 60, 5
+SETTINGS = {
+    "edit": {"blocks": 2},
+    "train": {"steps": STEPS, "seq_len": 16, "batch_size": 2, "outer_blocks": 2, "checkpoint_every": EVERY, "lr": 1e-3},
+    "editable": {"learn_lr": True, "lr_lr": 1e-2},
+}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A tiny base checkpoint, training passages and edit pairs, and params for a short run."""
+    work = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(*build_base_model("tiny-random-gpt2"), work / "base")
+    names = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Emmy Noether", "Marie Curie", "Niels Bohr"]
+    write_jsonl(work / "split" / "passages_train.jsonl", [
+        {"id": i, "article_id": i % 6, "text": f"{names[i % 6]} wrote paper number {i} about engines and numbers."}
+        for i in range(24)
+    ])
+    write_jsonl(work / "split" / "pairs_train.jsonl", [
+        {"id": i, "article_id": i, "prefix": f"Paper {i} was written by", "new_name": names[(i + 1) % 6]}
+        for i in range(6)
+    ])
+    write_params(work / "params.yaml", SETTINGS)
+    return work
+
+
+def write_params(path: Path, changes: dict) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section] = {**params[section], **values}
+    path.write_text(yaml.safe_dump(params))
+
+
+def stage_cmd(work: Path, stage: str, out: str, resume: str | None, params: str = "params.yaml") -> list[str]:
+    cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py"), "--params", str(work / params),
+           "--base", str(work / "base"), "--split", str(work / "split"), "--out", str(work / out),
+           "--live", str(work / f"{out}-live")]
+    return cmd + (["--resume-dir", str(work / resume)] if resume else [])
+
+
+def run_stage(work: Path, *args, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(stage_cmd(work, *args, **kwargs), env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def kill_after_first_checkpoint(work: Path, stage: str, out: str, resume: str, sig=signal.SIGKILL, **kwargs):
+    """Start the stage, send `sig` once a checkpoint exists; return (process, the checkpoint's step)."""
+    process = subprocess.Popen(stage_cmd(work, stage, out, resume, **kwargs), env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = work / resume / "state.json"
+    while not state.is_file() and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(sig)
+    process.wait(timeout=120)
+    assert process.returncode != 0, "the stage finished before it could be interrupted"
+    return process, json.loads(state.read_text())["step"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [name for name in wa if not torch.equal(wa[name], wb[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def logged_losses(live: Path) -> dict[str, list[str]]:
+    """The DVCLive curves as (step, value) columns, without the timestamps."""
+    files = sorted((live / "plots" / "metrics").rglob("*.tsv"))
+    return {f.name: [line.split("\t", 1)[1] for line in f.read_text().splitlines()] for f in files}
+
+
+@pytest.mark.parametrize("stage", ["finetune", "editable"])
+def test_killed_run_resumes_to_identical_weights(work, stage):
+    """Kill after a checkpoint, rerun: same final weights (bit for bit), same curves, checkpoint removed."""
+    run_stage(work, stage, f"{stage}-straight", None)
+    _, step = kill_after_first_checkpoint(work, stage, f"{stage}-resumed", f"ckpt-{stage}")
+    assert 0 < step < STEPS and step % EVERY == 0
+    assert not (work / f"{stage}-resumed").exists()  # outputs are written only at the end
+
+    result = run_stage(work, stage, f"{stage}-resumed", f"ckpt-{stage}")
+    assert f"resuming at step {step}" in result.stdout
+    assert_same_weights(work / f"{stage}-straight", work / f"{stage}-resumed")
+    assert logged_losses(work / f"{stage}-resumed-live") == logged_losses(work / f"{stage}-straight-live")
+    assert len(next(iter(logged_losses(work / f"{stage}-straight-live").values()))) == 1 + STEPS
+    if stage == "editable":  # the learned inner learning rates were restored too
+        scales = [load_file(work / f"{stage}-{run}" / "inner_lr_scale.safetensors") for run in ("straight", "resumed")]
+        assert all(torch.equal(scales[0][k], scales[1][k]) for k in scales[0])
+    assert not (work / f"ckpt-{stage}").exists()
+
+
+def test_checkpoint_from_other_params_or_inputs_is_not_used(work):
+    """A checkpoint made with other params, from other inputs, or unreadable: start fresh and say why."""
+    kill_after_first_checkpoint(work, "finetune", "ft-other", "ckpt-other")
+    write_params(work / "other.yaml", {**SETTINGS, "train": {**SETTINGS["train"], "lr": 2e-3}})
+    result = run_stage(work, "finetune", "ft-other", "ckpt-other", params="other.yaml")
+    assert "made with other params; training starts from step 0" in result.stdout
+
+    kill_after_first_checkpoint(work, "finetune", "ft-other", "ckpt-other")
+    state = work / "ckpt-other" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
+    result = run_stage(work, "finetune", "ft-other", "ckpt-other")
+    assert "unreadable (SafetensorError); training starts from step 0" in result.stdout
+    if (work / "finetune-straight").exists():  # made by the test above: a fresh start gives its weights
+        assert_same_weights(work / "ft-other", work / "finetune-straight")
+
+
+def test_checkpoint_every_zero_writes_nothing(work):
+    write_params(work / "none.yaml", {**SETTINGS, "train": {**SETTINGS["train"], "checkpoint_every": 0, "steps": 3}})
+    process = subprocess.Popen(stage_cmd(work, "finetune", "ft-none", "ckpt-none", params="none.yaml"), env=ENV)
+    assert process.wait(timeout=120) == 0
+    assert not (work / "ckpt-none").exists()
+
+
+def test_ctrl_c_keeps_the_checkpoint(work):
+    """Ctrl-C (SIGINT): one line, exit 130, no output written, and the checkpoint stays for the rerun."""
+    process, step = kill_after_first_checkpoint(work, "finetune", "ft-int", "ckpt-int", sig=signal.SIGINT)
+    stderr = process.stderr.read()
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr
+    assert (work / "ckpt-int" / "state.json").is_file() and not (work / "ft-int").exists()
