@@ -137,19 +137,17 @@ def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
     rows = [("MAML step, default config (s)", steps["split"], steps["full"])]
     model.eval().requires_grad_(False)
     cfg = params.evaluate
-    for procedure_name in ("ft", "ft_kl"):
-        rates = {}
-        for split in (True, False):
-            forward = SplitForward(model, names, split)
-            ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
-            procedure = {p.name: p for p in procedures(forward, tokenizer, train_passages[:cfg.n_loc_passages],
-                                                        cfg.edit_lr, cfg.edit_steps, cfg.kl_weight, cfg.seq_len)}[procedure_name]
-            evaluate_edits(forward, tokenizer, pairs[:1], procedure, ref, cfg.seq_len, params.reliability.n_leak_probes)  # warm-up
-            start = time.perf_counter()
-            evaluate_edits(forward, tokenizer, pairs, procedure, ref, cfg.seq_len, params.reliability.n_leak_probes)
-            rates[split] = 60 * len(pairs) / (time.perf_counter() - start)
-        tokens = cfg.n_ppl_passages * cfg.seq_len
-        rows.append((f"edit evaluations a minute, {procedure_name}, locality on {tokens} tokens", rates[True], rates[False]))
+    rates = {}
+    for split in (True, False):
+        forward = SplitForward(model, names, split)
+        ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
+        procs = procedures(forward, tokenizer, train_passages[: cfg.n_loc_passages], cfg.edit_lr, cfg.edit_steps, cfg.kl_weight, cfg.seq_len)
+        evaluate_edits(forward, tokenizer, pairs[:1], procs, ref, cfg.seq_len, params.reliability.n_leak_probes)  # warm-up
+        start = time.perf_counter()
+        evaluate_edits(forward, tokenizer, pairs, procs, ref, cfg.seq_len, params.reliability.n_leak_probes)
+        rates[split] = 60 * len(pairs) * len(procs) / (time.perf_counter() - start)
+    tokens = cfg.n_ppl_passages * cfg.seq_len
+    rows.append((f"edit evaluations a minute (ft and ft_kl), locality on {tokens} tokens", rates[True], rates[False]))
     return rows
 
 

@@ -50,10 +50,14 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device: to
 
 def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probability of each next-token label [B, T-1] and the mask of labelled positions."""
-    logits, targets = logits[:, :-1], labels[:, 1:]
+    return label_logprobs(torch.log_softmax(upcast(logits), dim=-1), labels)
+
+
+def label_logprobs(logprobs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """`token_logprobs` from log-probabilities [B, T, V] that are already normalised."""
+    targets = labels[:, 1:]
     mask = targets != IGNORE
-    logp = torch.log_softmax(upcast(logits), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    picked = logprobs[:, :-1].gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
 
 
@@ -70,7 +74,11 @@ def target_loss(logits: Tensor, targets: Targets) -> Tensor:
 def kl_divergence(pre_logits: Tensor, post_logits: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean over real tokens of KL(pre || post) between next-token distributions."""
     pre = torch.log_softmax(upcast(pre_logits), dim=-1)
-    post = torch.log_softmax(upcast(post_logits), dim=-1)
+    return kl_from_logprobs(pre, torch.log_softmax(upcast(post_logits), dim=-1), attention_mask)
+
+
+def kl_from_logprobs(pre: Tensor, post: Tensor, attention_mask: Tensor) -> Tensor:
+    """`kl_divergence` from log-probabilities [B, T, V]."""
     per_token = (pre.exp() * (pre - post)).sum(-1)  # [B, T]
     mask = attention_mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum()
@@ -116,10 +124,15 @@ def apply_edit(
     return params
 
 
-def kl_penalty(model: SplitForward, sample: Prepared, pre_logits: Tensor, weight: float) -> Penalty:
+def kl_penalty(model: SplitForward, sample: Prepared, pre_logprobs: Tensor, weight: float) -> Penalty:
     """`weight * KL(pre || post)` on a locality sample: the FT+KL edit of MEND's baselines."""
     mask = sample.batch["attention_mask"]
-    return lambda params: weight * kl_divergence(pre_logits, model.logits(sample, params), mask)
+
+    def penalty(params: Mapping[str, Tensor]) -> Tensor:
+        post = torch.log_softmax(upcast(model.logits(sample, params)), dim=-1)
+        return weight * kl_from_logprobs(pre_logprobs, post, mask)
+
+    return penalty
 
 
 def detached_edit_params(model: SplitForward) -> dict[str, Tensor]:

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from editable_lm.editing import apply_edit, collate, detached_edit_params, encode_edit, kl_divergence, kl_penalty
+from editable_lm.editing import apply_edit, collate, detached_edit_params, encode_edit, kl_from_logprobs, kl_penalty
 from editable_lm.metrics import edit_success, perplexity, relative_drawdown, sequence_logprob, top1_agreement
 from editable_lm.models import device, edit_learning_rates, load_for_editing
 from editable_lm.params import EditParams
-from editable_lm.split_forward import Prepared, SplitForward
+from editable_lm.split_forward import Prepared, SplitForward, upcast
 from editable_lm.training import encode_edits, encode_passages
 
 MODELS = ("base", "finetuned", "editable")  # the three models every evaluation stage compares
@@ -34,13 +34,13 @@ EDIT_METRICS = (
 
 @dataclass(frozen=True)
 class Reference:
-    """Passages and the unedited model's logits on them: what an edit should leave alone.
+    """Passages and the unedited model's predictions on them: what an edit should leave alone.
 
     `inputs` holds the passages' lower-block activations, computed once per model.
     """
 
     inputs: Prepared
-    logits: Tensor
+    logprobs: Tensor  # [B, T, V] next-token log-probabilities of the unedited model
     ppl: float
 
 
@@ -56,22 +56,28 @@ class Procedure:
 
 
 @torch.no_grad()
+def predict(model: SplitForward, inputs: Prepared, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Next-token log-probabilities [B, T, V] at every position."""
+    return torch.log_softmax(upcast(model.logits(inputs, params)), dim=-1)
+
+
+@torch.no_grad()
 def reference(model: SplitForward, tokenizer, passages: list[dict], max_len: int) -> Reference:
     """Encode passages and record the unedited model's predictions on them."""
     inputs = model.prepare(encode_passages(passages, tokenizer, max_len))
-    logits = model.logits(inputs)
-    return Reference(inputs, logits, perplexity(logits, inputs.batch["labels"]))
+    logprobs = predict(model, inputs)
+    return Reference(inputs, logprobs, perplexity(logprobs, inputs.batch["labels"]))
 
 
 @torch.no_grad()
 def locality(model: SplitForward, ref: Reference, params: Mapping[str, Tensor]) -> dict[str, float]:
     """What an edit did to unrelated passages: perplexity drawdown, KL(pre || post), top-1 agreement."""
-    logits = model.logits(ref.inputs, params)
+    logprobs = predict(model, ref.inputs, params)
     batch = ref.inputs.batch
     return {
-        "ppl_drawdown": relative_drawdown(ref.ppl, perplexity(logits, batch["labels"])),
-        "kl": kl_divergence(ref.logits, logits, batch["attention_mask"]).item(),
-        "top1_agreement": top1_agreement(ref.logits, logits, batch["attention_mask"]),
+        "ppl_drawdown": relative_drawdown(ref.ppl, perplexity(logprobs, batch["labels"])),
+        "kl": kl_from_logprobs(ref.logprobs, logprobs, batch["attention_mask"]).item(),
+        "top1_agreement": top1_agreement(ref.logprobs, logprobs, batch["attention_mask"]),
     }
 
 
@@ -85,7 +91,7 @@ def edit_model(
     penalty = None
     if procedure.kl_weight:
         loc = procedure.locality
-        penalty = kl_penalty(model, loc.inputs, loc.logits, procedure.kl_weight)
+        penalty = kl_penalty(model, loc.inputs, loc.logprobs, procedure.kl_weight)
     with torch.enable_grad():
         edited = apply_edit(model, params, edit, procedure.lr, procedure.steps, penalty=penalty)
     return {name: value.detach() for name, value in edited.items()}
@@ -108,12 +114,19 @@ def new_name_wins(model: SplitForward, probes: Prepared, params: Mapping[str, Te
 
 @torch.no_grad()
 def measure_edit(
-    model: SplitForward, tokenizer, pair: dict, leak_pairs: list[dict], procedure: Procedure, ref: Reference, max_len: int
-) -> dict:
-    """Make one edit from the unedited weights and measure everything about it.
+    model: SplitForward,
+    tokenizer,
+    pair: dict,
+    leak_pairs: list[dict],
+    procedures: list[Procedure],
+    ref: Reference,
+    max_len: int,
+) -> list[dict]:
+    """Make one edit from the unedited weights with each procedure and measure everything about it.
 
     Counterfactual: the edit's own prefix; generality: other sentences naming the person;
     leakage: sentences about other people, where the new name should not start to win.
+    The inputs are prepared once and shared by the procedures: one row each.
     """
     new = model.prepare(encode_edits([pair], tokenizer, max_len))
     general = [(p["prefix"], p["new_name"], p["name"]) for p in pair.get("probes", [])]
@@ -121,46 +134,50 @@ def measure_edit(
     probes = encode_probes(model, tokenizer, [(pair["prefix"], pair["new_name"], pair["name"]), *general, *leaks], max_len)
     wins_pre = new_name_wins(model, probes)
     logp_new_pre = sequence_logprob(model.target_logits(new), new.targets).item()
-    start = time.perf_counter()
-    edited = edit_model(model, new, procedure)
-    seconds = time.perf_counter() - start
-    new_logits = model.target_logits(new, edited)
-    wins = new_name_wins(model, probes, edited)
-    leaked = wins[1 + len(general) :] & ~wins_pre[1 + len(general) :]
-    return {
-        "edit_id": pair["id"],
-        "edit_success": float(edit_success(new_logits, new.targets).item()),
-        "counterfactual_success": float(wins[0].item()),
-        "generality": wins[1 : 1 + len(general)].float().mean().item() if general else None,
-        "leakage": leaked.float().mean().item() if leaks else None,
-        "logp_new_pre": logp_new_pre,
-        "logp_new_post": sequence_logprob(new_logits, new.targets).item(),
-        **locality(model, ref, edited),
-        "sec_per_edit": seconds,
-    }
+    rows = []
+    for procedure in procedures:
+        start = time.perf_counter()
+        edited = edit_model(model, new, procedure)
+        seconds = time.perf_counter() - start
+        new_logits = model.target_logits(new, edited)
+        wins = new_name_wins(model, probes, edited)
+        leaked = wins[1 + len(general) :] & ~wins_pre[1 + len(general) :]
+        rows.append({
+            "edit_id": pair["id"],
+            "procedure": procedure.name,
+            "edit_success": float(edit_success(new_logits, new.targets).item()),
+            "counterfactual_success": float(wins[0].item()),
+            "generality": wins[1 : 1 + len(general)].float().mean().item() if general else None,
+            "leakage": leaked.float().mean().item() if leaks else None,
+            "logp_new_pre": logp_new_pre,
+            "logp_new_post": sequence_logprob(new_logits, new.targets).item(),
+            **locality(model, ref, edited),
+            "sec_per_edit": seconds,
+        })
+    return rows
 
 
 def evaluate_edits(
     model: SplitForward,
     tokenizer,
     pairs: list[dict],
-    procedure: Procedure,
+    procedures: list[Procedure],
     ref: Reference,
     max_len: int,
     n_leak_probes: int = 0,
     seed: int = 0,
     label: str = "",
 ) -> list[dict]:
-    """`measure_edit` for each pair, each from the unedited weights.
+    """`measure_edit` for each pair and procedure, each from the unedited weights: a row per (pair, procedure).
 
     Leakage probes for an edit are `n_leak_probes` other pairs from other articles (seeded).
     """
     rng = random.Random(seed)
     rows = []
-    for pair in tqdm(pairs, desc=f"{label} {procedure.name}".strip(), unit="edit"):
+    for pair in tqdm(pairs, desc=label or None, unit="edit"):
         others = [p for p in pairs if p["article_id"] != pair["article_id"]]
         leak_pairs = rng.sample(others, min(n_leak_probes, len(others)))
-        rows.append(measure_edit(model, tokenizer, pair, leak_pairs, procedure, ref, max_len))
+        rows += measure_edit(model, tokenizer, pair, leak_pairs, procedures, ref, max_len)
     return rows
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from editable_lm.editing import token_logprobs
+from editable_lm.editing import label_logprobs
 from editable_lm.split_forward import Targets, upcast
 
 
@@ -24,9 +24,9 @@ def sequence_logprob(logits: Tensor, targets: Targets) -> Tensor:
     return torch.zeros(targets.n_rows, dtype=logp.dtype, device=logp.device).index_add(0, targets.rows, logp)
 
 
-def perplexity(logits: Tensor, labels: Tensor) -> float:
-    """exp of the mean next-token negative log-likelihood over all labelled tokens."""
-    logp, mask = token_logprobs(logits, labels)
+def perplexity(logprobs: Tensor, labels: Tensor) -> float:
+    """exp of the mean next-token negative log-likelihood over all labelled tokens, from log-probabilities [B, T, V]."""
+    logp, mask = label_logprobs(logprobs, labels)
     return math.exp(-(logp.sum() / mask.sum()).item())
 
 
@@ -68,3 +68,11 @@ def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, see
         if n_bootstrap:
             summary[f"{key}_low"], summary[f"{key}_high"] = bootstrap_ci(values, n_bootstrap, seed)
     return summary
+
+
+def summarize_by(rows: list[dict], group: str, keys: tuple[str, ...], n_bootstrap: int = 0, seed: int = 0) -> dict[str, dict]:
+    """`summarize` per value of `rows[i][group]`, in order of first appearance."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row[group], []).append(row)
+    return {name: summarize(members, keys, n_bootstrap, seed) for name, members in groups.items()}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.evaluation import MODELS, EDIT_METRICS, evaluate_edits, held_out, loaded_models, procedures
-from editable_lm.metrics import summarize
+from editable_lm.metrics import summarize_by
 from editable_lm.storage import read_jsonl, write_csv, write_json
 
 
@@ -16,13 +16,10 @@ def main() -> None:
     loc_passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), cfg.n_loc_passages, cfg.seed)
     summary, rows = {"n_edits": len(pairs)}, []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
-        summary[m.label] = {}
-        for procedure in procedures(m.model, m.tokenizer, loc_passages, m.lr(cfg.edit_lr), cfg.edit_steps, cfg.kl_weight, cfg.seq_len):
-            model_rows = evaluate_edits(
-                m.model, m.tokenizer, pairs, procedure, m.ref, cfg.seq_len, rel.n_leak_probes, cfg.seed, m.label
-            )
-            summary[m.label][procedure.name] = summarize(model_rows, EDIT_METRICS, rel.n_bootstrap, cfg.seed)
-            rows += [{"model": m.label, "procedure": procedure.name, **row} for row in model_rows]
+        procs = procedures(m.model, m.tokenizer, loc_passages, m.lr(cfg.edit_lr), cfg.edit_steps, cfg.kl_weight, cfg.seq_len)
+        model_rows = evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, rel.n_leak_probes, cfg.seed, m.label)
+        summary[m.label] = summarize_by(model_rows, "procedure", EDIT_METRICS, rel.n_bootstrap, cfg.seed)
+        rows += [{"model": m.label, **row} for row in model_rows]
     write_json(args.metrics, summary)
     write_csv(args.rows, rows)
 

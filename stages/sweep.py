@@ -4,7 +4,7 @@ from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.evaluation import MODELS, Procedure, evaluate_edits, held_out, loaded_models
-from editable_lm.metrics import summarize
+from editable_lm.metrics import summarize_by
 from editable_lm.storage import read_jsonl, write_csv, write_json
 
 KEYS = ("edit_success", "counterfactual_success", "ppl_drawdown", "kl")
@@ -18,13 +18,10 @@ def main() -> None:
     passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages, cfg.seed)
     summary, rows = {}, []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
-        summary[m.label] = {}
-        for lr in sweep.lrs:
-            for steps in sweep.steps:
-                procedure = Procedure("ft", m.lr(lr), steps)
-                result = summarize(evaluate_edits(m.model, m.tokenizer, pairs, procedure, m.ref, cfg.seq_len, label=m.label), KEYS)
-                summary[m.label][f"lr={lr:g},steps={steps}"] = result
-                rows.append({"model": m.label, "lr": lr, "steps": steps, **result})
+        grid = [(lr, steps) for lr in sweep.lrs for steps in sweep.steps]
+        procs = [Procedure(f"lr={lr:g},steps={steps}", m.lr(lr), steps) for lr, steps in grid]
+        summary[m.label] = summarize_by(evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, label=m.label), "procedure", KEYS)
+        rows += [{"model": m.label, "lr": lr, "steps": steps, **summary[m.label][p.name]} for (lr, steps), p in zip(grid, procs)]
     write_json(args.metrics, summary)
     write_csv(args.rows, rows)
 

@@ -98,7 +98,7 @@ def pre_edit_success(model, tokenizer, pairs) -> list[float]:
 @torch.no_grad()
 def test_edit_with_zero_lr_changes_nothing(model, tokenizer, names, ref, pairs):
     """lr=0: no drawdown, KL 0, full top-1 agreement, no leakage, success and counterfactual as before."""
-    rows = evaluate_edits(model, tokenizer, pairs, Procedure("ft", 0.0, 2), ref, MAX_LEN, n_leak_probes=2)
+    rows = evaluate_edits(model, tokenizer, pairs, [Procedure("ft", 0.0, 2)], ref, MAX_LEN, n_leak_probes=2)
     success = pre_edit_success(model, tokenizer, pairs)
     assert success[0] == 1.0 and 0.0 in success  # both outcomes occur, so the comparison can fail
     assert [r["edit_id"] for r in rows] == [0, 1, 2, 3]
@@ -123,7 +123,7 @@ def test_strong_edit_raises_new_name_logprob(model, tokenizer, names, ref, pairs
     """lr=1, 3 steps: the new name becomes more likely; the model's own weights stay as they were."""
     before = {n: p.clone() for n, p in model.model.state_dict().items()}
     for pair in pairs:
-        row = measure_edit(model, tokenizer, pair, [], Procedure("ft", 1.0, 3), ref, MAX_LEN)
+        row = measure_edit(model, tokenizer, pair, [], [Procedure("ft", 1.0, 3)], ref, MAX_LEN)[0]
         assert row["logp_new_post"] > row["logp_new_pre"] + 0.05
         assert row["leakage"] is None  # no leak pairs given
         assert row["sec_per_edit"] > 0
@@ -143,16 +143,16 @@ def test_strong_edit_flips_a_close_counterfactual(model, tokenizer, names, ref):
             "probes": [{"prefix": prefix, "name": old, "new_name": new}]}  # the edit's own sentence as a probe
     # Leak probes: the same sentence (new name newly wins: leaks) and one the new name already won before.
     leak_pairs = [{"prefix": prefix, "name": old}, {"prefix": prefix, "name": "Albert Einstein"}]
-    row = measure_edit(model, tokenizer, pair, leak_pairs, Procedure("ft", 1.0, 3), ref, MAX_LEN)
+    row = measure_edit(model, tokenizer, pair, leak_pairs, [Procedure("ft", 1.0, 3)], ref, MAX_LEN)[0]
     assert (row["counterfactual_success"], row["generality"], row["leakage"]) == (1.0, 1.0, 0.5)
 
 
 def test_no_leakage_probes_gives_none(model, tokenizer, names, ref, pairs):
     """Without leakage probes (n_leak_probes=0, or no pair from another article), leakage is None."""
-    rows = evaluate_edits(model, tokenizer, pairs[:2], Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=0)
+    rows = evaluate_edits(model, tokenizer, pairs[:2], [Procedure("ft", 0.0, 1)], ref, MAX_LEN, n_leak_probes=0)
     assert [r["leakage"] for r in rows] == [None, None]
     same_article = pairs[:2]  # both in article 0: nothing to probe leakage with
-    rows = evaluate_edits(model, tokenizer, same_article, Procedure("ft", 0.0, 1), ref, MAX_LEN, n_leak_probes=3)
+    rows = evaluate_edits(model, tokenizer, same_article, [Procedure("ft", 0.0, 1)], ref, MAX_LEN, n_leak_probes=3)
     assert [r["leakage"] for r in rows] == [None, None]
 
 

@@ -45,14 +45,14 @@ def test_uniform_logits():
     labels = torch.tensor([[1, 2, 3, 4, 5], [IGNORE, IGNORE, IGNORE, 2, IGNORE]])
     targets = Targets.of(labels)
     torch.testing.assert_close(sequence_logprob(logits[targets.where], targets), torch.tensor([4, 1]) * math.log(1 / V))
-    assert perplexity(logits, labels) == pytest.approx(V)
+    assert perplexity(torch.log_softmax(logits, -1), labels) == pytest.approx(V)
 
 
 def test_perplexity_of_certain_model_is_one():
     """A model that puts all mass on the labels has perplexity 1 and log-prob 0."""
     labels = torch.tensor([[1, 2, 3, 4]])
     logits = one_hot_logits([[2, 3, 4, 0]]) * 100
-    assert perplexity(logits, labels) == pytest.approx(1.0)
+    assert perplexity(torch.log_softmax(logits, -1), labels) == pytest.approx(1.0)
     targets = Targets.of(labels)
     assert sequence_logprob(logits[targets.where], targets).item() == pytest.approx(0.0, abs=1e-6)
 

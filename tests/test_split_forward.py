@@ -8,7 +8,7 @@ import torch
 from conftest import VOCAB, tiny_gpt2, tiny_llama
 from editable_lm.editing import IGNORE, apply_edit, collate, detached_edit_params
 from editable_lm.errors import EditLMError
-from editable_lm.evaluation import Procedure, evaluate_edits, reference
+from editable_lm.evaluation import evaluate_edits, procedures, reference
 from editable_lm.models import edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, EditParams
 from editable_lm.split_forward import SplitForward, Targets
@@ -115,10 +115,12 @@ def test_split_and_full_evaluation_rows_agree(tokenizer):
     for split in (True, False):
         forward = SplitForward(model, names, split)
         ref = reference(forward, tokenizer, passages, 32)
-        rows.append(evaluate_edits(forward, tokenizer, pairs, Procedure("ft", 1.0, 2), ref, 32, n_leak_probes=1))
+        procs = procedures(forward, tokenizer, passages, lr=1.0, steps=2, kl_weight=10.0, max_len=32)  # ft, ft_kl
+        rows.append(evaluate_edits(forward, tokenizer, pairs, procs, ref, 32, n_leak_probes=1))
+    assert [r["procedure"] for r in rows[0]] == ["ft", "ft_kl"] * 2
     for ours, theirs in zip(*rows):
         for key in ours:
-            if key != "sec_per_edit":
+            if key not in ("sec_per_edit", "procedure"):
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6) if ours[key] is not None else theirs[key] is None, key
 
 
