@@ -28,7 +28,7 @@ MODELS = ("base", "finetuned", "editable")  # the three models every evaluation 
 # Per-edit metrics of `measure_edit`; rates and means are summarised with bootstrap intervals.
 EDIT_METRICS = (
     "edit_success", "counterfactual_success", "generality", "leakage", "logp_new_pre", "logp_new_post",
-    "ppl_drawdown", "kl", "top1_agreement", "sec_per_edit",
+    "ppl_drawdown", "kl", "top1_agreement", "edit_steps", "steps_to_success", "sec_per_edit",
 )
 
 
@@ -46,13 +46,15 @@ class Reference:
 
 @dataclass(frozen=True)
 class Procedure:
-    """How an edit is made: plain gradient steps (ft) or with a KL penalty on a locality sample (ft_kl)."""
+    """How an edit is made: `steps` gradient steps (ft), with a KL penalty on a locality sample (ft_kl),
+    or, with `until_success`, steps until the edit holds, at most `steps` (ENN's protocol)."""
 
     name: str
     lr: float | Mapping[str, Tensor]
     steps: int
     kl_weight: float = 0.0
     locality: Reference | None = None
+    until_success: bool = False
 
 
 @torch.no_grad()
@@ -85,6 +87,13 @@ def edit_model(
     model: SplitForward, edit: Prepared, procedure: Procedure, start: Mapping[str, Tensor] | None = None
 ) -> dict[str, Tensor]:
     """Edited weights (detached) after `procedure` on the prepared edit, from the model's or from `start`."""
+    return edit_with_steps(model, edit, procedure, start)[0]
+
+
+def edit_with_steps(
+    model: SplitForward, edit: Prepared, procedure: Procedure, start: Mapping[str, Tensor] | None = None
+) -> tuple[dict[str, Tensor], int]:
+    """`edit_model`, and the number of gradient steps it took."""
     params = detached_edit_params(model)
     if start is not None:
         params = {name: value.detach().requires_grad_(True) for name, value in start.items()}
@@ -92,9 +101,19 @@ def edit_model(
     if procedure.kl_weight:
         loc = procedure.locality
         penalty = kl_penalty(model, loc.inputs, loc.logprobs, procedure.kl_weight)
-    with torch.enable_grad():
-        edited = apply_edit(model, params, edit, procedure.lr, procedure.steps, penalty=penalty)
-    return {name: value.detach() for name, value in edited.items()}
+    if not procedure.until_success:
+        with torch.enable_grad():
+            edited = apply_edit(model, params, edit, procedure.lr, procedure.steps, penalty=penalty)
+        return {name: value.detach() for name, value in edited.items()}, procedure.steps
+    for step in range(procedure.steps + 1):
+        with torch.no_grad():
+            holds = bool(edit_success(model.target_logits(edit, params), edit.targets).all())
+        if holds or step == procedure.steps:
+            return {name: value.detach() for name, value in params.items()}, step
+        with torch.enable_grad():
+            params = apply_edit(model, params, edit, procedure.lr, 1, penalty=penalty)
+        params = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+    raise AssertionError("unreachable")
 
 
 def encode_probes(model: SplitForward, tokenizer, probes: list[tuple[str, str, str]], max_len: int) -> Prepared:
@@ -137,15 +156,18 @@ def measure_edit(
     rows = []
     for procedure in procedures:
         start = time.perf_counter()
-        edited = edit_model(model, new, procedure)
+        edited, steps = edit_with_steps(model, new, procedure)
         seconds = time.perf_counter() - start
         new_logits = model.target_logits(new, edited)
+        success = bool(edit_success(new_logits, new.targets).item())
         wins = new_name_wins(model, probes, edited)
         leaked = wins[1 + len(general) :] & ~wins_pre[1 + len(general) :]
         rows.append({
             "edit_id": pair["id"],
             "procedure": procedure.name,
-            "edit_success": float(edit_success(new_logits, new.targets).item()),
+            "edit_success": float(success),
+            "edit_steps": steps,
+            "steps_to_success": steps if success else None,
             "counterfactual_success": float(wins[0].item()),
             "generality": wins[1 : 1 + len(general)].float().mean().item() if general else None,
             "leakage": leaked.float().mean().item() if leaks else None,
@@ -220,6 +242,25 @@ def batched_edits(
     return rows
 
 
+def without_probes(pairs: list[dict]) -> list[dict]:
+    """Pairs stripped of generality probes: for measuring edit strength, not generality."""
+    return [{**pair, "probes": []} for pair in pairs]
+
+
+def strength_grid(lrs, steps, lr_for) -> list[Procedure]:
+    """Plain FT edits at every (lr, steps), named `lr=<lr>,steps=<steps>`; `lr_for(lr)` gives per-tensor rates."""
+    return [Procedure(f"lr={lr:g},steps={n}", lr_for(lr), n) for lr in lrs for n in steps]
+
+
+def best_setting(summary: dict[str, dict], target: float) -> str:
+    """Among settings (name -> summary), the lowest drawdown of those reaching `target` edit success;
+    if none does, the highest success (the first listed on a tie)."""
+    reached = [name for name, s in summary.items() if s["edit_success"] >= target]
+    if reached:
+        return min(reached, key=lambda name: summary[name]["ppl_drawdown"])
+    return max(summary, key=lambda name: summary[name]["edit_success"])
+
+
 def held_out(rows: list[dict], n: int, seed: int) -> list[dict]:
     """The first `n` rows of a seeded shuffle: a smaller n takes a prefix of a larger one's sample."""
     rows = list(rows)
@@ -227,12 +268,16 @@ def held_out(rows: list[dict], n: int, seed: int) -> list[dict]:
     return rows[:n]
 
 
-def procedures(model: SplitForward, tokenizer, loc_passages: list[dict], lr, steps: int, kl_weight: float, max_len: int) -> list[Procedure]:
-    """The edit procedures compared: plain fine-tuning steps, and the same with a KL penalty."""
-    return [
+def procedures(
+    model: SplitForward, tokenizer, loc_passages: list[dict], lr, steps: int, kl_weight: float, max_len: int, max_steps: int = 0
+) -> list[Procedure]:
+    """The edit procedures compared: plain fine-tuning steps, the same with a KL penalty, and
+    (if `max_steps`) steps until the edit holds."""
+    compared = [
         Procedure("ft", lr, steps),
         Procedure("ft_kl", lr, steps, kl_weight, reference(model, tokenizer, loc_passages, max_len)),
     ]
+    return compared + ([Procedure("until_success", lr, max_steps, until_success=True)] if max_steps else [])
 
 
 @dataclass(frozen=True)

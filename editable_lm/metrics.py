@@ -51,6 +51,13 @@ def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0, level: float = 
     return float(low), float(high)
 
 
+def paired_bootstrap(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean of the paired differences a - b (same items, same order) with a percentile bootstrap interval."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    low, high = bootstrap_ci(diff, n_resamples, seed, level)
+    return {"mean": float(diff.mean()), "low": low, "high": high, "n": int(len(diff))}
+
+
 def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
     """Mean of each key over the rows that have it, with `_low`/`_high` bootstrap bounds if asked.
 
@@ -76,3 +83,21 @@ def summarize_by(rows: list[dict], group: str, keys: tuple[str, ...], n_bootstra
     for row in rows:
         groups.setdefault(row[group], []).append(row)
     return {name: summarize(members, keys, n_bootstrap, seed) for name, members in groups.items()}
+
+
+def paired_differences(
+    rows: list[dict], comparisons: list[tuple[str, str]], keys: tuple[str, ...], n_bootstrap: int, seed: int = 0
+) -> dict[str, dict]:
+    """For each (a, b) in `comparisons` and each procedure: `paired_bootstrap` of model a - model b per key,
+    over the edits (`edit_id`) both were measured on with that procedure."""
+    index = {(r["model"], r["procedure"], r["edit_id"]): r for r in rows}
+    out: dict[str, dict] = {}
+    for a, b in comparisons:
+        for procedure in dict.fromkeys(r["procedure"] for r in rows if r["model"] == a):
+            ids = [i for (m, p, i) in index if m == a and p == procedure and (b, p, i) in index]
+            out.setdefault(f"{a}-{b}", {})[procedure] = {
+                key: paired_bootstrap([index[a, procedure, i][key] for i in ids], [index[b, procedure, i][key] for i in ids],
+                                      n_bootstrap, seed)
+                for key in keys
+            }
+    return out

@@ -139,6 +139,7 @@ class EvaluateParams(Section):
     n_loc_passages: Int = AtLeast(2, 1)  # FT+KL locality sample (validation passages)
     n_ppl_passages: Int = AtLeast(8, 1)  # held-out test passages for perplexity, KL and agreement
     seq_len: Int = AtLeast(64, 8)
+    max_steps: Int = AtLeast(10, 0)  # edit until it holds (ENN's protocol), at most this many steps (0: skip)
 
     @model_validator(mode="after")
     def _ft_kl_needs_two_steps(self):
@@ -154,6 +155,14 @@ class ReliabilityParams(Section):
     n_edits: Int = AtLeast(30, 1)
     n_leak_probes: Int = AtLeast(5, 0)  # sentences about other people checked for the new name
     n_bootstrap: Int = AtLeast(1000, 10)
+
+
+class TuneParams(Section):
+    """Each model's edit learning rate, chosen on validation edits among `sweep.lrs` at `evaluate.edit_steps`."""
+
+    n_edits: Int = AtLeast(30, 1)  # validation edits
+    n_ppl_passages: Int = AtLeast(4, 1)  # validation passages for the drawdown
+    target_success: Float = Field(0.9, ge=0, le=1)  # lowest drawdown among lrs reaching this success, else best success
 
 
 class SweepParams(Section):
@@ -182,6 +191,7 @@ class Params(Section):
     editable: EditableParams = EditableParams()
     evaluate: EvaluateParams = EvaluateParams()
     reliability: ReliabilityParams = ReliabilityParams()
+    tune: TuneParams = TuneParams()
     sweep: SweepParams = SweepParams()
     sequential: SequentialParams = SequentialParams()
 

@@ -14,8 +14,7 @@ from editable_lm.evaluation import MODELS  # noqa: E402
 from editable_lm.storage import atomic_path  # noqa: E402
 
 RATES = ("edit_success", "counterfactual_success", "generality", "leakage", "top1_agreement")
-TABLE = RATES + ("ppl_drawdown", "kl", "logp_new_pre", "logp_new_post", "sec_per_edit")
-MATCHED_SUCCESS = 0.5  # the success level at which the sweep compares drawdown
+TABLE = RATES + ("ppl_drawdown", "kl", "logp_new_pre", "logp_new_post", "steps_to_success", "sec_per_edit")
 
 
 def with_interval(metrics: dict, key: str) -> str:
@@ -27,17 +26,66 @@ def with_interval(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3g} [{metrics[f'{key}_low']:.3g}, {metrics[f'{key}_high']:.3g}]"
 
 
-def drawdown_at_success(sweep: list[dict], model: str, target: float = MATCHED_SUCCESS) -> dict | None:
-    """The sweep setting with the lowest drawdown among those that reach `target` edit success."""
-    reached = [row for row in sweep if row["model"] == model and row["edit_success"] >= target]
-    return min(reached, key=lambda row: row["ppl_drawdown"]) if reached else None
+def procedures_of(model_metrics: dict) -> dict[str, dict]:
+    """The per-procedure summaries of one model in evaluate.json (other keys, e.g. edit_lr, are scalars)."""
+    return {name: value for name, value in model_metrics.items() if isinstance(value, dict)}
+
+
+def difference(d: dict, percent: bool = False) -> str:
+    """`mean [low, high]` of a paired difference."""
+    f = (lambda x: f"{x:+.0%}") if percent else (lambda x: f"{x:+.3f}")
+    return f"{f(d['mean'])} [{f(d['low'])}, {f(d['high'])}]"
+
+
+def direction(d: dict, better: str, worse: str, lower_is_better: bool = False) -> str:
+    """What a paired interval says: `better`, `worse`, or no clear difference (the interval holds 0)."""
+    low, high = (-d["high"], -d["low"]) if lower_is_better else (d["low"], d["high"])
+    return better if low > 0 else worse if high < 0 else "no clearer difference than the interval allows"
+
+
+def verdict(evaluate: dict, sweep: dict) -> str:
+    """One paragraph answering the study's question from the measured numbers and their paired intervals."""
+    ft = {m: evaluate[m]["ft"] for m in MODELS}
+    diff = evaluate["differences"]["editable-finetuned"]["ft"]
+    matched = {m: sweep[m]["matched"] for m in MODELS}
+    at_match = sweep["differences"]["editable-finetuned"]["ppl_drawdown"]
+    target = sweep["target_success"]
+    reached = [m for m in MODELS if matched[m]["edit_success"] >= target]
+    return (
+        f"**Verdict.** On {evaluate['n_edits']} held-out test edits, one fixed-step edit (`ft`, each model at the "
+        f"learning rate chosen for it on validation edits) succeeds on {ft['editable']['edit_success']:.0%} of edits "
+        f"for the editable model, {ft['finetuned']['edit_success']:.0%} for the fine-tuned model and "
+        f"{ft['base']['edit_success']:.0%} for the base model (editable - fine-tuned, paired: "
+        f"{difference(diff['edit_success'], percent=True)}), with perplexity drawdown "
+        f"{ft['editable']['ppl_drawdown']:.3f} vs {ft['finetuned']['ppl_drawdown']:.3f} "
+        f"(difference {difference(diff['ppl_drawdown'])}). "
+        f"In the strength sweep ({sweep['n_edits']} test edits), the lowest drawdown at edit success >= {target:g} "
+        f"is reached by {', '.join(reached) if reached else 'no model'}; at each model's best setting the editable "
+        f"model's drawdown is {matched['editable']['ppl_drawdown']:.3f} (success {matched['editable']['edit_success']:.0%}) "
+        f"against {matched['finetuned']['ppl_drawdown']:.3f} (success {matched['finetuned']['edit_success']:.0%}) "
+        f"for the fine-tuned model (difference {difference(at_match)}). "
+        f"So, on this data and budget, editable training makes a single edit "
+        f"{direction(diff['edit_success'], 'more reliable', 'less reliable')} and "
+        f"{direction(diff['ppl_drawdown'], 'more local', 'less local', lower_is_better=True)} than fine-tuning "
+        f"(95% paired bootstrap intervals)."
+    )
+
+
+def differences_table(evaluate: dict) -> str:
+    """Paired differences between models over the same edits, per procedure and metric."""
+    lines = ["| comparison | procedure | metric | mean [95% CI] |", "|---|---|---|---|"]
+    for comparison, per_procedure in evaluate["differences"].items():
+        for procedure, metrics in per_procedure.items():
+            for key, d in metrics.items():
+                lines.append(f"| {comparison} | {procedure} | {key} | {difference(d)} |")
+    return "\n".join(lines)
 
 
 def reliability_table(evaluate: dict) -> str:
     """Models x procedures x metrics, each with its 95% bootstrap interval."""
     lines = ["| model | procedure | " + " | ".join(TABLE) + " |", "|---|---|" + "---|" * len(TABLE)]
     for model in MODELS:
-        for procedure, metrics in evaluate[model].items():
+        for procedure, metrics in procedures_of(evaluate[model]).items():
             lines.append(f"| {model} | {procedure} | " + " | ".join(with_interval(metrics, k) for k in TABLE) + " |")
     return "\n".join(lines)
 
@@ -96,12 +144,14 @@ def plot_sequential(sequential: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(evaluate: dict, sweep: list[dict], sequential: list[dict], batched: list[dict], figures: str, out: str) -> None:
+def write_report(
+    evaluate: dict, tune: dict, sweep: dict, sweep_rows: list[dict], sequential: list[dict], batched: list[dict], figures: str, out: str
+) -> None:
     """Draw the figures into `figures` and write the Markdown report to `out` (both atomically)."""
     with atomic_path(figures) as tmp:
         tmp.mkdir()
         plot_reliability(evaluate, tmp / "reliability.png")
-        plot_tradeoff(sweep, tmp / "tradeoff.png")
+        plot_tradeoff(sweep_rows, tmp / "tradeoff.png")
         plot_sequential(sequential, tmp / "sequential.png")
     rel = os.path.relpath(figures, Path(out).parent)
     lines = [
@@ -109,30 +159,50 @@ def write_report(evaluate: dict, sweep: list[dict], sequential: list[dict], batc
         "",
         "Generated by the `report` stage from `metrics/`; do not edit by hand.",
         "",
+        verdict(evaluate, sweep),
+        "",
+        f"## Edit learning rates, chosen on {tune['n_edits']} validation edits",
+        "",
+        "| model | edit lr | validation edit success | validation drawdown |",
+        "|---|---|---|---|",
+        *(f"| {m} | {tune[m]['edit_lr']:g} | {tune[m]['edit_success']:.3g} | {tune[m]['ppl_drawdown']:.3g} |" for m in MODELS),
+        "",
         f"## One edit at a time ({evaluate['n_edits']} held-out test edits, mean [95% bootstrap CI])",
         "",
-        "`ft`: plain gradient steps on the edit; `ft_kl`: the same with a KL penalty on a locality sample.",
+        "`ft`: plain gradient steps on the edit; `ft_kl`: the same with a KL penalty on a locality sample;",
+        "`until_success`: steps until every new-name token is the argmax, at most `evaluate.max_steps` (ENN's protocol;",
+        "`steps_to_success` over the edits that succeeded).",
         f"Generality is measured on the {evaluate['base']['ft'].get('generality_n', 'all')} edits that have probes "
         "(other sentences of the same article naming the person).",
         "",
         reliability_table(evaluate),
         "",
+        "Paired differences over the same edits (95% bootstrap CI):",
+        "",
+        differences_table(evaluate),
+        "",
         f"![reliability]({rel}/reliability.png)",
         "",
-        "## Edit strength: drawdown at matched success",
+        f"## Edit strength: drawdown at matched success ({sweep['n_edits']} test edits)",
         "",
-        f"Lowest perplexity drawdown among the sweep's settings that reach edit success >= {MATCHED_SUCCESS}:",
+        f"Lowest perplexity drawdown among the sweep's settings that reach edit success >= {sweep['target_success']:g}"
+        " (else the setting with the highest success):",
         "",
         "| model | setting | edit success | drawdown |",
         "|---|---|---|---|",
+        *(f"| {m} | {sweep[m]['matched']['setting']} | {with_interval(sweep[m]['matched'], 'edit_success')} | "
+          f"{with_interval(sweep[m]['matched'], 'ppl_drawdown')} |" for m in MODELS),
+        "",
+        "Drawdown differences at each model's matched setting, paired over the same edits: "
+        + "; ".join(f"{name} {difference(d['ppl_drawdown'])}" for name, d in sweep["differences"].items()),
+        "",
+        f"![tradeoff]({rel}/tradeoff.png)",
+        "",
+        "## Many edits",
+        "",
+        "| model | edits | retention | drawdown | batched success | batched drawdown |",
+        "|---|---|---|---|---|---|",
     ]
-    for model in MODELS:
-        best = drawdown_at_success(sweep, model)
-        if best is None:
-            lines.append(f"| {model} | none reaches {MATCHED_SUCCESS} | - | - |")
-        else:
-            lines.append(f"| {model} | lr={best['lr']:g}, steps={int(best['steps'])} | {best['edit_success']:.3g} | {best['ppl_drawdown']:.3g} |")
-    lines += ["", f"![tradeoff]({rel}/tradeoff.png)", "", "## Many edits", "", "| model | edits | retention | drawdown | batched success | batched drawdown |", "|---|---|---|---|---|---|"]
     for model in MODELS:
         last = [r for r in sequential if r["model"] == model][-1]
         batches = [r for r in batched if r["model"] == model]

@@ -18,6 +18,8 @@ SAMPLES = {
     "sequential.n_edits": ("test", "pairs"),
     "evaluate.n_ppl_passages": ("test", "passages"),
     "evaluate.n_loc_passages": ("val", "passages"),
+    "tune.n_edits": ("val", "pairs"),
+    "tune.n_ppl_passages": ("val", "passages"),
 }
 
 

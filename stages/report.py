@@ -6,10 +6,12 @@ from editable_lm.storage import read_csv, read_json
 
 
 def main() -> None:
-    _, args = stage_args(__doc__, "--evaluate", "--sweep", "--sequential", "--batched", "--figures", "--out")
+    _, args = stage_args(
+        __doc__, "--evaluate", "--tune", "--sweep", "--sweep-rows", "--sequential", "--batched", "--figures", "--out"
+    )
     write_report(
-        read_json(args.evaluate), read_csv(args.sweep), read_csv(args.sequential), read_csv(args.batched),
-        figures=args.figures, out=args.out,
+        read_json(args.evaluate), read_json(args.tune), read_json(args.sweep), read_csv(args.sweep_rows),
+        read_csv(args.sequential), read_csv(args.batched), figures=args.figures, out=args.out,
     )
 
 

@@ -1,5 +1,7 @@
-"""Many edits: one after another without resetting (retention, drawdown), and in batches."""
+"""Many edits, each model at its tuned edit learning rate: one after another without resetting (retention,
+drawdown), and in batches."""
 
+import json
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
@@ -9,13 +11,14 @@ from editable_lm.storage import read_jsonl, write_csv, write_json
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--split", *(f"--{m}" for m in MODELS), "--metrics", "--rows", "--batch-rows")
+    params, args = stage_args(__doc__, "--split", "--tuned", *(f"--{m}" for m in MODELS), "--metrics", "--rows", "--batch-rows")
+    tuned = json.loads(Path(args.tuned).read_text())
     cfg, seq = params.evaluate, params.sequential
     pairs = held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), seq.n_edits, cfg.seed)
     passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages, cfg.seed)
     summary, rows, batch_rows = {"n_edits": len(pairs), "batch_size": seq.batch_size, "n_batches": seq.n_batches}, [], []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
-        procedure = Procedure("ft", m.lr(cfg.edit_lr), cfg.edit_steps)
+        procedure = Procedure("ft", m.lr(tuned[m.label]["edit_lr"]), cfg.edit_steps)
         curve = sequential_edits(m.model, m.tokenizer, pairs, procedure, m.ref, cfg.seq_len, m.label)
         batched = pairs[: seq.batch_size * seq.n_batches]
         batches = batched_edits(m.model, m.tokenizer, batched, procedure, m.ref, cfg.seq_len, seq.batch_size)

@@ -11,7 +11,8 @@ import torch
 from conftest import tiny_llama
 from editable_lm.editing import collate, encode_edit
 from editable_lm.evaluation import (
-    EDIT_METRICS, Procedure, batched_edits, edit_model, evaluate_edits, held_out, locality, log_schedule, measure_edit,
+    EDIT_METRICS, Procedure, batched_edits, best_setting, edit_model, edit_with_steps, evaluate_edits, held_out, locality,
+    log_schedule, measure_edit,
     procedures, reference, sequential_edits,
 )
 from editable_lm.metrics import edit_success, sequence_logprob
@@ -235,3 +236,33 @@ def test_held_out_is_a_seeded_prefix():
     assert held_out(rows, 12, seed=4) != large
     assert sorted(r["id"] for r in held_out(rows, 50, seed=3)) == list(range(20))
     assert rows == original
+
+
+def test_edit_until_success_stops_when_the_edit_holds(model, tokenizer, pairs):
+    """An edit that already holds takes 0 steps; a hard one stops at max_steps; a strong lr stops in between."""
+    held = model.prepare(encode_edits([pairs[0]], tokenizer, MAX_LEN))  # the model's own prediction: holds already
+    edited, steps = edit_with_steps(model, held, Procedure("until", 1.0, 5, until_success=True))
+    assert steps == 0 and all(torch.equal(edited[n], model.model.get_parameter(n)) for n in model.names)
+    hard = model.prepare(encode_edits([{**pairs[2], "new_name": "Newton"}], tokenizer, MAX_LEN))  # one token, reachable
+    assert not edit_success(model.target_logits(hard), hard.targets).item()
+    _, steps = edit_with_steps(model, hard, Procedure("until", 1e-6, 3, until_success=True))
+    assert steps == 3  # a negligible lr never succeeds: capped at max_steps
+    edited, steps = edit_with_steps(model, hard, Procedure("until", 1.0, 50, until_success=True))
+    assert 1 <= steps < 50 and edit_success(model.target_logits(hard, edited), hard.targets).item()
+    before = edit_with_steps(model, hard, Procedure("ft", 2.0, steps - 1))[0]
+    assert not edit_success(model.target_logits(hard, before), hard.targets).item()  # it stopped at the first success
+
+
+def test_until_success_rows_count_steps_only_when_successful(model, tokenizer, ref, pairs):
+    rows = evaluate_edits(model, tokenizer, pairs[:3], [Procedure("until", 1e-6, 2, until_success=True)], ref, MAX_LEN)
+    assert [r["edit_steps"] for r in rows] == [0, 2, 2]
+    assert [r["steps_to_success"] for r in rows] == [0, None, None]
+    assert [r["edit_success"] for r in rows] == [1.0, 0.0, 0.0]
+
+
+def test_best_setting_prefers_low_drawdown_among_successful():
+    grid = {"a": {"edit_success": 0.95, "ppl_drawdown": 0.2}, "b": {"edit_success": 0.9, "ppl_drawdown": 0.05},
+            "c": {"edit_success": 0.5, "ppl_drawdown": 0.001}}
+    assert best_setting(grid, 0.9) == "b"
+    assert best_setting(grid, 0.99) == "a"  # none reaches it: the highest success
+    assert best_setting(grid, 0.0) == "c"

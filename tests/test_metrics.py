@@ -12,7 +12,8 @@ import numpy as np
 from editable_lm.editing import IGNORE
 from editable_lm.split_forward import Targets
 from editable_lm.metrics import (
-    bootstrap_ci, edit_success, perplexity, relative_drawdown, sequence_logprob, summarize, top1_agreement,
+    bootstrap_ci, edit_success, paired_bootstrap, paired_differences, perplexity, relative_drawdown, sequence_logprob,
+    summarize, top1_agreement,
 )
 
 V = 7
@@ -109,3 +110,24 @@ def test_summarize_bootstrap_bounds_bracket_the_mean():
     assert summary["x"] == pytest.approx(10 / 30) and summary["y"] == pytest.approx(1.45)
     assert summarize(rows, ("x", "y"), n_bootstrap=300, seed=4) == summary
     assert set(summarize(rows, ("x",))) == {"x"}  # no bounds without n_bootstrap
+
+
+def test_paired_bootstrap_covers_a_known_difference():
+    """b = a - 0.3 plus small noise: the interval holds 0.3 and excludes 0; identical samples give 0 exactly."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    b = a - 0.3 + rng.normal(scale=0.05, size=200)
+    d = paired_bootstrap(a, b, n_resamples=2000, seed=1)
+    assert d["low"] < 0.3 < d["high"] and d["low"] > 0 and d["n"] == 200
+    # Unpaired intervals of a and b overlap heavily (their spread is 1): pairing is what shows the difference.
+    assert bootstrap_ci(a)[1] > bootstrap_ci(b)[0]
+    assert paired_bootstrap(a, a) == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 200}
+
+
+def test_paired_differences_match_edits_by_id():
+    rows = [{"model": m, "procedure": "ft", "edit_id": i, "x": v}
+            for m, values in (("editable", [1, 1, 1]), ("finetuned", [0, 1, 0])) for i, v in zip((5, 6, 7), values)]
+    rows.append({"model": "editable", "procedure": "ft", "edit_id": 8, "x": 1})  # no finetuned row: left out
+    out = paired_differences(rows, [("editable", "finetuned")], ("x",), n_bootstrap=100)
+    assert out["editable-finetuned"]["ft"]["x"]["n"] == 3
+    assert out["editable-finetuned"]["ft"]["x"]["mean"] == pytest.approx(2 / 3)

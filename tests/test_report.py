@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from editable_lm.report import MODELS, TABLE, drawdown_at_success, with_interval, write_report
+from editable_lm.report import MODELS, TABLE, direction, with_interval, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -17,23 +17,36 @@ def test_with_interval():
 
 
 SWEEP = [
-    {"model": "base", "lr": 0.01, "steps": 1.0, "edit_success": 0.3, "ppl_drawdown": 0.001},  # cheapest, misses the target
+    {"model": "base", "lr": 0.01, "steps": 1.0, "edit_success": 0.3, "ppl_drawdown": 0.001},
     {"model": "base", "lr": 0.1, "steps": 2.0, "edit_success": 0.9, "ppl_drawdown": 0.2},
-    {"model": "base", "lr": 0.03, "steps": 2.0, "edit_success": 0.5, "ppl_drawdown": 0.05},  # exactly at the target
     {"model": "finetuned", "lr": 0.1, "steps": 2.0, "edit_success": 0.4, "ppl_drawdown": 0.01},
     {"model": "editable", "lr": 0.01, "steps": 1.0, "edit_success": 0.8, "ppl_drawdown": 0.003},
     {"model": "editable", "lr": 0.1, "steps": 1.0, "edit_success": 1.0, "ppl_drawdown": 0.3},
 ]
 
 
-def test_drawdown_at_success():
-    """Lowest drawdown among one model's settings reaching the target (>=); None when none does."""
-    assert drawdown_at_success(SWEEP, "base") == SWEEP[2]
-    assert drawdown_at_success(SWEEP, "base", target=0.6) == SWEEP[1]
-    assert drawdown_at_success(SWEEP, "base", target=0.95) is None
-    assert drawdown_at_success(SWEEP, "finetuned") is None
-    assert drawdown_at_success(SWEEP, "editable") == SWEEP[4]
-    assert drawdown_at_success(SWEEP, "nobody") is None
+def paired(mean: float, low: float, high: float) -> dict:
+    return {"mean": mean, "low": low, "high": high, "n": 12}
+
+
+SWEEP_JSON = {
+    "n_edits": 8, "target_success": 0.9,
+    "base": {"matched": {"setting": "lr=0.1,steps=2", "edit_success": 0.9, "ppl_drawdown": 0.2}},
+    "finetuned": {"matched": {"setting": "lr=0.1,steps=2", "edit_success": 0.4, "ppl_drawdown": 0.01}},
+    "editable": {"matched": {"setting": "lr=0.1,steps=1", "edit_success": 1.0, "ppl_drawdown": 0.3,
+                             "ppl_drawdown_low": 0.25, "ppl_drawdown_high": 0.35}},
+    "differences": {"editable-finetuned": {"ppl_drawdown": paired(0.29, 0.2, 0.4)},
+                    "editable-base": {"ppl_drawdown": paired(0.1, -0.05, 0.2)}},
+}
+TUNE = {"n_edits": 30, **{m: {"edit_lr": lr, "edit_success": 0.9, "ppl_drawdown": 0.01} for m, lr in zip(MODELS, (0.1, 0.1, 0.03))}}
+
+
+def test_direction_reads_the_interval():
+    """Better only when the whole interval is on the good side; lower is better for drawdown."""
+    assert direction(paired(0.2, 0.1, 0.3), "up", "down") == "up"
+    assert direction(paired(-0.2, -0.3, -0.1), "up", "down") == "down"
+    assert direction(paired(0.1, -0.1, 0.3), "up", "down").startswith("no clear")
+    assert direction(paired(-0.2, -0.3, -0.1), "more local", "less local", lower_is_better=True) == "more local"
 
 
 def summary(value: float, skip: tuple[str, ...] = ()) -> dict:
@@ -49,7 +62,11 @@ EVALUATE = {
     "n_edits": 12,
     "base": {"ft": summary(0.5, skip=("generality",)), "ft_kl": summary(0.4)},
     "finetuned": {"ft": summary(0.6), "ft_kl": summary(0.55)},
-    "editable": {"ft": summary(0.8), "ft_kl": summary(0.75)},
+    "editable": {"edit_lr": 0.03, "ft": summary(0.8), "ft_kl": summary(0.75)},
+    "differences": {
+        "editable-finetuned": {"ft": {"edit_success": paired(0.2, 0.1, 0.3), "ppl_drawdown": paired(-0.05, -0.08, -0.01)}},
+        "editable-base": {"ft": {"edit_success": paired(0.3, -0.1, 0.5), "ppl_drawdown": paired(0.0, -0.02, 0.02)}},
+    },
 }
 SEQUENTIAL = [
     {"model": model, "n_edits": float(n), "retention": retention, "ppl_drawdown": drawdown}
@@ -66,14 +83,20 @@ BATCHED = [
 def test_write_report(tmp_path):
     """report.md holds the table rows, the sweep and many-edit summaries; three valid PNGs are drawn."""
     figures, out = tmp_path / "figures", tmp_path / "docs" / "report.md"
-    write_report(EVALUATE, SWEEP, SEQUENTIAL, BATCHED, figures=str(figures), out=str(out))
+    write_report(EVALUATE, TUNE, SWEEP_JSON, SWEEP, SEQUENTIAL, BATCHED, figures=str(figures), out=str(out))
     text = out.read_text()
     assert "12 held-out test edits" in text
     assert "| base | ft | 0.5 [0.4, 0.6] | 0.5 [0.4, 0.6] | - | 0.5 [0.4, 0.6] |" in text  # no generality
     assert "| editable | ft_kl | 0.75 [0.65, 0.85] |" in text
-    assert "| base | lr=0.03, steps=2 | 0.5 | 0.05 |" in text
-    assert "| finetuned | none reaches 0.5 | - | - |" in text
-    assert "| editable | lr=0.01, steps=1 | 0.8 | 0.003 |" in text
+    assert "| base | lr=0.1,steps=2 | 0.9 | 0.2 |" in text
+    assert "| editable | lr=0.1,steps=1 | 1 | 0.3 [0.25, 0.35] |" in text
+    assert "| editable | 0.03 | 0.9 | 0.01 |" in text  # the tuned learning rate
+    assert "| editable-finetuned | ft | edit_success | +0.200 [+0.100, +0.300] |" in text
+    assert "editable-base +0.100 [-0.050, +0.200]" in text
+    verdict = text.split("\n")[4]
+    assert verdict.startswith("**Verdict.** On 12 held-out test edits")
+    assert "80% of edits for the editable model, 60% for the fine-tuned" in verdict
+    assert "more reliable and more local than fine-tuning" in verdict
     assert "| base | 4 | 0.5 | 0.08 | 0.75 | 0.02 |" in text
     assert "| editable | 4 | 0.312 | 0.02 | 0.75 | 0.02 |" in text
     for name in ("reliability", "tradeoff", "sequential"):
