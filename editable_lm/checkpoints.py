@@ -52,7 +52,7 @@ def training_checkpoints(directory: str | Path | None, stage: str, train, inputs
 def fingerprint(params: dict, inputs: list[str | Path]) -> dict:
     """What a checkpoint must have been made from to be resumed: a hash of the params and of each input."""
     text = json.dumps(params, sort_keys=True)
-    return {"params": hashlib.sha256(text.encode()).hexdigest(), "inputs": {str(p): _hash_path(Path(p)) for p in inputs}}
+    return {"params": hashlib.sha256(text.encode()).hexdigest(), "inputs": {str(Path(p)): _hash_path(Path(p)) for p in inputs}}
 
 
 def _hash_path(path: Path) -> str:
@@ -79,23 +79,24 @@ class Checkpoints:
         """Restore the saved state into `state` (and replay its metrics into `live`); return the step to start at."""
         if not self.every or not (self.directory / STATE).is_file():
             return 0
-        why = self._unusable()
+        try:
+            saved, tensors = json.loads((self.directory / STATE).read_text()), load_file(self.directory / TENSORS)
+        except (OSError, ValueError, SafetensorError) as exc:
+            saved, tensors = {"unreadable": type(exc).__name__}, {}
+        why = self._unusable(saved)
         if why:
             print(f"checkpoint {self.directory}: {why}; training starts from step 0")
             return 0
-        saved = json.loads((self.directory / STATE).read_text())
-        _restore(state, load_file(self.directory / TENSORS), saved)
+        _restore(state, tensors, saved)
         for metrics in state.history:  # DVC removed the DVCLive files before rerunning the stage
             _log(live, metrics)
         print(f"checkpoint {self.directory}: resuming at step {saved['step']}")
         return saved["step"]
 
-    def _unusable(self) -> str | None:
-        try:
-            saved = json.loads((self.directory / STATE).read_text())
-            load_file(self.directory / TENSORS)
-        except (OSError, ValueError, SafetensorError) as exc:
-            return f"unreadable ({type(exc).__name__})"
+    def _unusable(self, saved: dict) -> str | None:
+        """Why the saved checkpoint cannot be resumed, or None if it can."""
+        if "unreadable" in saved:
+            return f"unreadable ({saved['unreadable']})"
         if saved.get("format") != FORMAT:
             return f"format {saved.get('format')}, expected {FORMAT}"
         old, new = saved["fingerprint"], self.fingerprint

@@ -6,7 +6,7 @@ import pytest
 
 from editable_lm.errors import EditLMError
 from editable_lm.params import Params, SplitParams
-from editable_lm.split import SPLITS, check_split, rows_in_split, sample_sizes, split_articles
+from editable_lm.split import SAMPLES, SPLITS, check_split, rows_in_split, sample_sizes, split_articles
 
 ARTICLES = list(range(200))
 
@@ -63,12 +63,12 @@ def counts(passages=(10, 5, 5), pairs=(10, 5, 5)) -> dict[tuple[str, str], int]:
 
 
 def test_sample_sizes_read_the_evaluation_params():
-    sizes = sample_sizes(Params())
-    assert sizes == {
-        "reliability.n_edits": Params().reliability.n_edits, "sweep.n_edits": Params().sweep.n_edits,
-        "sequential.n_edits": Params().sequential.n_edits, "evaluate.n_ppl_passages": Params().evaluate.n_ppl_passages,
-        "evaluate.n_loc_passages": Params().evaluate.n_loc_passages,
-    }
+    """One size per entry of SAMPLES, read from the dotted key it names."""
+    params = Params(reliability={"n_edits": 7}, evaluate={"n_loc_passages": 3})
+    sizes = sample_sizes(params)
+    assert set(sizes) == set(SAMPLES)
+    assert sizes["reliability.n_edits"] == 7 and sizes["evaluate.n_loc_passages"] == 3
+    assert sizes["sequential.n_edits"] == params.sequential.n_edits
 
 
 def test_check_split_accepts_samples_that_fit():
