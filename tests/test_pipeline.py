@@ -17,7 +17,7 @@ from smoke import SMOKE, SmokeRun, repro, run, set_params
 def repo(tmp_path_factory, smoke_run: SmokeRun) -> Path:
     """A git + DVC copy of the project with the smoke params, reproduced once (shared: conftest's `smoke_run`)."""
     ran = smoke_run.ran
-    assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "evaluate", "sweep", "sequential", "report"}
+    assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "tune", "evaluate", "sweep", "sequential", "report"}
     return smoke_run.copy(tmp_path_factory.mktemp("pipeline") / "editable-lm")
 
 
@@ -25,17 +25,22 @@ def test_metrics_have_every_key_and_are_finite(repo):
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     n_edits = SMOKE["reliability"]["n_edits"]
     assert metrics["n_edits"] == n_edits
+    tuned = json.loads((repo / "metrics" / "tune.json").read_text())
     for model in ("base", "finetuned", "editable"):
-        for procedure in ("ft", "ft_kl"):
+        assert metrics[model]["edit_lr"] == tuned[model]["edit_lr"] in SMOKE["sweep"]["lrs"]
+        for procedure in ("ft", "ft_kl", "until_success"):
             values = metrics[model][procedure]
-            # generality needs probes, which a 3-edit sample may lack; every other metric is there
-            assert set(EDIT_METRICS) - {"generality"} <= set(values)
+            # generality needs probes, which a 3-edit sample may lack, steps_to_success a success
+            assert set(EDIT_METRICS) - {"generality", "steps_to_success"} <= set(values)
             assert all(math.isfinite(v) for v in values.values())
             assert values["edit_success_low"] <= values["edit_success"] <= values["edit_success_high"]
+    for comparison in ("editable-finetuned", "editable-base"):
+        d = metrics["differences"][comparison]["ft"]["edit_success"]
+        assert d["low"] <= d["mean"] <= d["high"] and d["n"] == n_edits
     rows = (repo / "metrics" / "evaluate_edits.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3 * 2 * n_edits
+    assert len(rows) == 1 + 3 * 3 * n_edits
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "edit_success" in shown and "loss_base" in shown and "retention" in shown
+    assert "edit_success" in shown and "loss_base" in shown and "retention" in shown and "differences" in shown
 
 
 def test_report_and_figures(repo):
@@ -71,15 +76,18 @@ def test_edit_lr_reruns_only_evaluation(repo):
 
 
 def test_sweep_setting_retrains_nothing(repo):
-    set_params(repo, sweep={"lrs": [0.01, 0.05]})
+    set_params(repo, sweep={"steps": [2]})
     ran, _ = repro(repo)
     assert ran == {"check_params", "sweep", "report"}
+    set_params(repo, sweep={"lrs": [0.01, 0.05]})  # the rates tune chooses from: evaluation reruns, training does not
+    ran, _ = repro(repo)
+    assert ran == {"check_params", "tune", "sweep", "evaluate", "sequential", "report"}
 
 
 def test_split_seed_reruns_split_and_after(repo):
     set_params(repo, split={"seed": 1})
     ran, _ = repro(repo)
-    assert ran == {"check_params", "split", "finetune", "editable", "evaluate", "sweep", "sequential", "report"}
+    assert ran == {"check_params", "split", "finetune", "editable", "tune", "evaluate", "sweep", "sequential", "report"}
 
 
 @pytest.mark.parametrize(
