@@ -74,11 +74,7 @@ def target_loss(logits: Tensor, targets: Targets) -> Tensor:
 def kl_divergence(pre_logits: Tensor, post_logits: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean over real tokens of KL(pre || post) between next-token distributions."""
     pre = torch.log_softmax(upcast(pre_logits), dim=-1)
-    return kl_from_logprobs(pre, torch.log_softmax(upcast(post_logits), dim=-1), attention_mask)
-
-
-def kl_from_logprobs(pre: Tensor, post: Tensor, attention_mask: Tensor) -> Tensor:
-    """`kl_divergence` from log-probabilities [B, T, V]."""
+    post = torch.log_softmax(upcast(post_logits), dim=-1)
     per_token = (pre.exp() * (pre - post)).sum(-1)  # [B, T]
     mask = attention_mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum()
@@ -122,17 +118,6 @@ def apply_edit(
     for _ in range(steps):
         params = edit_step(model, params, edit, lr, create_graph, penalty)
     return params
-
-
-def kl_penalty(model: SplitForward, sample: Prepared, pre_logprobs: Tensor, weight: float) -> Penalty:
-    """`weight * KL(pre || post)` on a locality sample: the FT+KL edit of MEND's baselines."""
-    mask = sample.batch["attention_mask"]
-
-    def penalty(params: Mapping[str, Tensor]) -> Tensor:
-        post = torch.log_softmax(upcast(model.logits(sample, params)), dim=-1)
-        return weight * kl_from_logprobs(pre_logprobs, post, mask)
-
-    return penalty
 
 
 def detached_edit_params(model: SplitForward) -> dict[str, Tensor]:

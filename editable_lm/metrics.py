@@ -35,12 +35,6 @@ def relative_drawdown(ppl_pre: float, ppl_post: float) -> float:
     return ppl_post / ppl_pre - 1.0
 
 
-def top1_agreement(pre_logits: Tensor, post_logits: Tensor, attention_mask: Tensor) -> float:
-    """Fraction of real tokens where the edited model's top next token is the unedited one's."""
-    same = (pre_logits.argmax(-1) == post_logits.argmax(-1)) & attention_mask.bool()
-    return (same.sum() / attention_mask.sum()).item()
-
-
 def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`."""
     values = np.asarray(values, dtype=float)

@@ -15,7 +15,7 @@ the two and the benchmark can time both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -102,15 +102,37 @@ class SplitForward:
 
     def logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None, where: Tensor | None = None) -> Tensor:
         """Logits [B, T, V], or [N, V] at the positions `where` [B, T] marks, with `params` swapped in."""
-        params = dict(params or {})
         if not self.split:
-            batch = inputs.batch
-            kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            if params:
-                logits = functional_call(self.model, params, args=(), kwargs=kwargs, strict=False)["logits"]
-            else:
-                logits = self.model(**kwargs).logits
+            logits = self._full_logits(inputs, params)
             return logits if where is None else logits[where]
+        hidden = self._upper(inputs, params)
+        if where is not None:
+            hidden = hidden[where]  # [N, D]: the LM head costs as much as several blocks per position
+        return self.head(self.norm(hidden))
+
+    def logits_in_chunks(
+        self, inputs: Prepared, params: Mapping[str, Tensor] | None = None, tokens: int = 128
+    ) -> Iterator[tuple[slice, Tensor]]:
+        """(rows, logits [rows, T, V]) for about `tokens` positions at a time: the upper blocks run once,
+        the LM head per chunk, so that each 49k-wide chunk stays small enough to reuse its memory."""
+        n_rows, length = inputs.batch["input_ids"].shape
+        step = max(1, tokens // length)
+        hidden = self._upper(inputs, params) if self.split else None
+        full = self._full_logits(inputs, params) if not self.split else None
+        for start in range(0, n_rows, step):
+            rows = slice(start, start + step)
+            yield rows, (self.head(self.norm(hidden[rows])) if self.split else full[rows])
+
+    def _full_logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None) -> Tensor:
+        batch = inputs.batch
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if params:
+            return functional_call(self.model, dict(params), args=(), kwargs=kwargs, strict=False)["logits"]
+        return self.model(**kwargs).logits
+
+    def _upper(self, inputs: Prepared, params: Mapping[str, Tensor] | None) -> Tensor:
+        """Output of the last block [B, T, D], from the cached input of block `start`."""
+        params = dict(params or {})
         hidden = inputs.hidden
         for index in range(self.start, len(self.blocks)):
             scope = f"{self.prefix}.{index}."
@@ -120,9 +142,7 @@ class SplitForward:
                 hidden = functional_call(block, own, args=(hidden, *inputs.args), kwargs=inputs.kwargs, strict=False)
             else:
                 hidden = block(hidden, *inputs.args, **inputs.kwargs)
-        if where is not None:
-            hidden = hidden[where]  # [N, D]: the LM head costs as much as several blocks per position
-        return self.head(self.norm(hidden))
+        return hidden
 
     def target_logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """Logits [N, V] at the labelled positions only (see `Targets`)."""

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from editable_lm.editing import collate, encode_edit
+from editable_lm.editing import collate, encode_edit, kl_divergence
 from editable_lm.evaluation import (
     EDIT_METRICS, Procedure, batched_edits, best_setting, edit_model, edit_with_steps, evaluate_edits, held_out, locality,
     log_schedule, measure_edit,
     procedures, reference, sequential_edits,
 )
-from editable_lm.metrics import edit_success, sequence_logprob
+from editable_lm.metrics import edit_success, perplexity, sequence_logprob
 from editable_lm.models import edit_parameter_names
 from editable_lm.params import EditParams
 from editable_lm.split_forward import SplitForward, Targets
@@ -266,3 +266,21 @@ def test_best_setting_prefers_low_drawdown_among_successful():
     assert best_setting(grid, 0.9) == "b"
     assert best_setting(grid, 0.99) == "a"  # none reaches it: the highest success
     assert best_setting(grid, 0.0) == "c"
+
+
+@torch.no_grad()
+def test_chunked_locality_matches_whole_batch_formulas(model, tokenizer, ref, pairs):
+    """Chunk by chunk (here one passage at a time) gives the figures computed on all logits at once."""
+    edited = edit_model(model, model.prepare(encode_edits([pairs[1]], tokenizer, MAX_LEN)), Procedure("ft", 100.0, 3))
+    batch = ref.inputs.batch
+    before, after = model.logits(ref.inputs), model.logits(ref.inputs, edited)
+    post = torch.log_softmax(after, -1)
+    expected = {
+        "ppl_drawdown": perplexity(post, batch["labels"]) / perplexity(torch.log_softmax(before, -1), batch["labels"]) - 1,
+        "kl": kl_divergence(before, after, batch["attention_mask"]).item(),
+        "top1_agreement": ((before.argmax(-1) == after.argmax(-1)) & batch["attention_mask"].bool()).sum().item()
+        / batch["attention_mask"].sum().item(),
+    }
+    assert expected["kl"] > 1e-4 and expected["top1_agreement"] < 1  # the edit did change something
+    for chunk_tokens in (1, 10_000):
+        assert locality(model, ref, edited, chunk_tokens) == pytest.approx(expected, rel=1e-4, abs=1e-6)

@@ -13,7 +13,7 @@ from editable_lm.editing import IGNORE
 from editable_lm.split_forward import Targets
 from editable_lm.metrics import (
     bootstrap_ci, edit_success, paired_bootstrap, paired_differences, perplexity, relative_drawdown, sequence_logprob,
-    summarize, top1_agreement,
+    summarize,
 )
 
 V = 7
@@ -63,18 +63,6 @@ def test_relative_drawdown():
     assert relative_drawdown(10, 10) == 0
     assert relative_drawdown(10, 11) == pytest.approx(0.1)
     assert relative_drawdown(10, 9) == pytest.approx(-0.1)
-
-
-def test_top1_agreement():
-    """1.0 for identical logits; padded positions do not count; one flipped argmax out of 3 real tokens is 2/3."""
-    pre = one_hot_logits([[1, 2, 3, 4], [5, 6, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    assert top1_agreement(pre, pre.clone(), mask) == 1.0
-    padded_changed = one_hot_logits([[1, 2, 3, 4], [5, 6, 3, 3]])  # differs only under the mask's zeros
-    assert top1_agreement(pre, padded_changed, mask) == 1.0
-    flipped = one_hot_logits([[1, 2, 3, 4], [5, 2, 0, 0]])  # 1 of the 6 real tokens changed
-    assert top1_agreement(pre, flipped, mask) == pytest.approx(5 / 6)
-    assert top1_agreement(pre, flipped, torch.tensor([[0, 0, 0, 0], [1, 1, 1, 0]])) == pytest.approx(2 / 3)
 
 
 def test_bootstrap_ci_of_a_bernoulli_mean():
