@@ -302,13 +302,14 @@ def held_out(rows: list[dict], n: int, seed: int) -> list[dict]:
 def procedures(
     model: SplitForward, tokenizer, loc_passages: list[dict], lr, steps: int, kl_weight: float, max_len: int, max_steps: int = 0
 ) -> list[Procedure]:
-    """The edit procedures compared: plain fine-tuning steps, the same with a KL penalty, and
-    (if `max_steps`) steps until the edit holds."""
-    compared = [
-        Procedure("ft", lr, steps),
-        Procedure("ft_kl", lr, steps, kl_weight, reference(model, tokenizer, loc_passages, max_len)),
-    ]
-    return compared + ([Procedure("until_success", lr, max_steps, until_success=True)] if max_steps else [])
+    """The edit procedures compared: plain fine-tuning steps, the same with a KL penalty (if
+    `kl_weight`), and steps until the edit holds (if `max_steps`)."""
+    compared = [Procedure("ft", lr, steps)]
+    if kl_weight:
+        compared.append(Procedure("ft_kl", lr, steps, kl_weight, reference(model, tokenizer, loc_passages, max_len)))
+    if max_steps:
+        compared.append(Procedure("until_success", lr, max_steps, until_success=True))
+    return compared
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,7 @@ class SweepParams(Section):
     """Edit strength: every (lr, steps) pair, to compare drawdown at matched success."""
 
     n_edits: Int = AtLeast(10, 1)
+    n_ppl_passages: Int = AtLeast(4, 1)  # held-out test passages for the drawdown (a grid point costs one locality pass)
     lrs: tuple[Annotated[Float, Field(ge=0, allow_inf_nan=False)], ...] = Field((0.01, 0.03, 0.1), min_length=1)
     steps: tuple[Annotated[Int, Field(ge=1)], ...] = Field((1, 2), min_length=1)
 

@@ -20,6 +20,7 @@ SAMPLES = {
     "evaluate.n_loc_passages": ("val", "passages"),
     "tune.n_edits": ("val", "pairs"),
     "tune.n_ppl_passages": ("val", "passages"),
+    "sweep.n_ppl_passages": ("test", "passages"),
 }
 
 

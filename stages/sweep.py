@@ -15,7 +15,7 @@ def main() -> None:
     params, args = stage_args(__doc__, "--split", *(f"--{m}" for m in MODELS), "--metrics", "--rows")
     cfg, sweep, n_boot = params.evaluate, params.sweep, params.reliability.n_bootstrap
     pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), sweep.n_edits, cfg.seed))
-    passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages, cfg.seed)
+    passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), sweep.n_ppl_passages, cfg.seed)
     summary, rows, matched = {"n_edits": len(pairs), "target_success": params.tune.target_success}, [], {}
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
         procs = strength_grid(sweep.lrs, sweep.steps, m.lr)
