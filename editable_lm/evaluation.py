@@ -107,8 +107,9 @@ def locality(model: SplitForward, ref: Reference, params: Mapping[str, Tensor], 
         same = (logprobs.argmax(-1) == ref.top1[rows]) & batch["attention_mask"][rows].bool()
         agree += same.sum().item()
     tokens = batch["attention_mask"].sum().item()
-    return {
-        "ppl_drawdown": relative_drawdown(ref.ppl, math.exp(nll / labelled)),
+    mean_nll = nll / labelled
+    return {  # an edit can wreck the model: past exp's range, perplexity is infinite
+        "ppl_drawdown": relative_drawdown(ref.ppl, math.exp(mean_nll) if mean_nll < 700 else math.inf),
         "kl": kl / tokens,
         "top1_agreement": agree / tokens,
     }

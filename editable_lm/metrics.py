@@ -46,14 +46,21 @@ def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0, level: float = 
 
 
 def paired_bootstrap(a, b, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
-    """Mean of the paired differences a - b (same items, same order) with a percentile bootstrap interval."""
+    """Mean of the paired differences a - b (same items, same order) with a percentile bootstrap interval,
+    and their median."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     low, high = bootstrap_ci(diff, n_resamples, seed, level)
-    return {"mean": float(diff.mean()), "low": low, "high": high, "n": int(len(diff))}
+    return {"mean": float(diff.mean()), "low": low, "high": high, "median": float(np.median(diff)), "n": int(len(diff))}
+
+
+# A strong edit can blow perplexity up by orders of magnitude on a few edits; their mean then says
+# little about the typical edit, so these also get a median.
+HEAVY_TAILED = ("ppl_drawdown", "kl")
 
 
 def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
-    """Mean of each key over the rows that have it, with `_low`/`_high` bootstrap bounds if asked.
+    """Mean of each key over the rows that have it, with `_low`/`_high` bootstrap bounds if asked
+    (and `_median` for the heavy-tailed ones).
 
     Rows where a key is None (e.g. an edit without generality probes) do not count for that key;
     `{key}_n` then says how many did.
@@ -64,6 +71,8 @@ def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, see
         if not values:
             continue
         summary[key] = float(np.mean(values))
+        if key in HEAVY_TAILED:
+            summary[f"{key}_median"] = float(np.median(values))
         if len(values) < len(rows):
             summary[f"{key}_n"] = len(values)
         if n_bootstrap:

@@ -14,7 +14,7 @@ from editable_lm.evaluation import MODELS  # noqa: E402
 from editable_lm.storage import atomic_path  # noqa: E402
 
 RATES = ("edit_success", "counterfactual_success", "generality", "leakage", "top1_agreement")
-TABLE = RATES + ("ppl_drawdown", "kl", "logp_new_pre", "logp_new_post", "steps_to_success", "sec_per_edit")
+TABLE = RATES + ("ppl_drawdown", "ppl_drawdown_median", "kl", "logp_new_pre", "logp_new_post", "steps_to_success", "sec_per_edit")
 
 
 def with_interval(metrics: dict, key: str) -> str:
@@ -33,7 +33,7 @@ def procedures_of(model_metrics: dict) -> dict[str, dict]:
 
 def difference(d: dict, percent: bool = False) -> str:
     """`mean [low, high]` of a paired difference."""
-    f = (lambda x: f"{x:+.0%}") if percent else (lambda x: f"{x:+.3f}")
+    f = (lambda x: f"{x:+.0%}") if percent else (lambda x: f"{x:+.3g}")
     return f"{f(d['mean'])} [{f(d['low'])}, {f(d['high'])}]"
 
 
@@ -56,9 +56,10 @@ def verdict(evaluate: dict, sweep: dict) -> str:
         f"learning rate chosen for it on validation edits) succeeds on {ft['editable']['edit_success']:.0%} of edits "
         f"for the editable model, {ft['finetuned']['edit_success']:.0%} for the fine-tuned model and "
         f"{ft['base']['edit_success']:.0%} for the base model (editable - fine-tuned, paired: "
-        f"{difference(diff['edit_success'], percent=True)}), with perplexity drawdown "
-        f"{ft['editable']['ppl_drawdown']:.3f} vs {ft['finetuned']['ppl_drawdown']:.3f} "
-        f"(difference {difference(diff['ppl_drawdown'])}). "
+        f"{difference(diff['edit_success'], percent=True)}), with mean perplexity drawdown "
+        f"{ft['editable']['ppl_drawdown']:.3g} vs {ft['finetuned']['ppl_drawdown']:.3g} "
+        f"(medians {ft['editable']['ppl_drawdown_median']:.3g} vs {ft['finetuned']['ppl_drawdown_median']:.3g}; "
+        f"paired difference {difference(diff['ppl_drawdown'])}, median {diff['ppl_drawdown']['median']:+.3g}). "
         f"In the strength sweep ({sweep['n_edits']} test edits), the lowest drawdown at edit success >= {target:g} "
         f"is reached by {', '.join(reached) if reached else 'no model'}; at each model's best setting the editable "
         f"model's drawdown is {matched['editable']['ppl_drawdown']:.3f} (success {matched['editable']['edit_success']:.0%}) "
@@ -73,11 +74,11 @@ def verdict(evaluate: dict, sweep: dict) -> str:
 
 def differences_table(evaluate: dict) -> str:
     """Paired differences between models over the same edits, per procedure and metric."""
-    lines = ["| comparison | procedure | metric | mean [95% CI] |", "|---|---|---|---|"]
+    lines = ["| comparison | procedure | metric | mean [95% CI] | median |", "|---|---|---|---|---|"]
     for comparison, per_procedure in evaluate["differences"].items():
         for procedure, metrics in per_procedure.items():
             for key, d in metrics.items():
-                lines.append(f"| {comparison} | {procedure} | {key} | {difference(d)} |")
+                lines.append(f"| {comparison} | {procedure} | {key} | {difference(d)} | {d['median']:+.3g} |")
     return "\n".join(lines)
 
 

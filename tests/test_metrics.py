@@ -109,7 +109,7 @@ def test_paired_bootstrap_covers_a_known_difference():
     assert d["low"] < 0.3 < d["high"] and d["low"] > 0 and d["n"] == 200
     # Unpaired intervals of a and b overlap heavily (their spread is 1): pairing is what shows the difference.
     assert bootstrap_ci(a)[1] > bootstrap_ci(b)[0]
-    assert paired_bootstrap(a, a) == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 200}
+    assert paired_bootstrap(a, a) == {"mean": 0.0, "low": 0.0, "high": 0.0, "median": 0.0, "n": 200}
 
 
 def test_paired_differences_match_edits_by_id():

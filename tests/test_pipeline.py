@@ -138,3 +138,24 @@ def test_missing_input_is_a_clear_error(repo, tmp_path):
     assert result.returncode == 1
     assert "none.jsonl: file not found" in result.stderr
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_test_edits_never_reach_tuning_or_training(smoke_run: SmokeRun, tmp_path):
+    """Scrambled test edits change neither the learning rates tuned on validation edits nor the trained models."""
+    repo = smoke_run.copy(tmp_path / "editable-lm")
+    scrambled = tmp_path / "split"
+    scrambled.mkdir()
+    for file in (repo / "data" / "split").iterdir():
+        rows = [json.loads(line) for line in file.read_text().splitlines()]
+        if file.name == "pairs_test.jsonl":
+            rows = [{**row, "prefix": "Nothing to see here:", "new_name": "Zork Quux"} for row in rows]
+        (scrambled / file.name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    models = [f"--{m}={repo / 'models' / m}" for m in ("base", "finetuned", "editable")]
+    run([sys.executable, "stages/tune.py", f"--split={scrambled}", *models, f"--out={tmp_path / 'tune.json'}"], repo)
+    assert json.loads((tmp_path / "tune.json").read_text()) == json.loads((repo / "metrics" / "tune.json").read_text())
+    for stage in ("finetune", "editable"):
+        out = tmp_path / stage
+        run([sys.executable, f"stages/{stage}.py", "--base=models/base", f"--split={scrambled}", f"--out={out}",
+             f"--live={tmp_path / 'live' / stage}", f"--resume-dir={tmp_path / 'ckpt' / stage}"], repo)
+        trained = (repo / "models" / stage / "model.safetensors").read_bytes()
+        assert (out / "model.safetensors").read_bytes() == trained, stage

@@ -26,7 +26,7 @@ SWEEP = [
 
 
 def paired(mean: float, low: float, high: float) -> dict:
-    return {"mean": mean, "low": low, "high": high, "n": 12}
+    return {"mean": mean, "low": low, "high": high, "median": mean, "n": 12}
 
 
 SWEEP_JSON = {
@@ -91,8 +91,8 @@ def test_write_report(tmp_path):
     assert "| base | lr=0.1,steps=2 | 0.9 | 0.2 |" in text
     assert "| editable | lr=0.1,steps=1 | 1 | 0.3 [0.25, 0.35] |" in text
     assert "| editable | 0.03 | 0.9 | 0.01 |" in text  # the tuned learning rate
-    assert "| editable-finetuned | ft | edit_success | +0.200 [+0.100, +0.300] |" in text
-    assert "editable-base +0.100 [-0.050, +0.200]" in text
+    assert "| editable-finetuned | ft | edit_success | +0.2 [+0.1, +0.3] | +0.2 |" in text
+    assert "editable-base +0.1 [-0.05, +0.2]" in text
     verdict = text.split("\n")[4]
     assert verdict.startswith("**Verdict.** On 12 held-out test edits")
     assert "80% of edits for the editable model, 60% for the fine-tuned" in verdict
