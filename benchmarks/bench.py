@@ -146,8 +146,8 @@ def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
         start = time.perf_counter()
         evaluate_edits(forward, tokenizer, pairs, procs, ref, cfg.seq_len, params.reliability.n_leak_probes)
         rates[split] = 60 * len(pairs) * len(procs) / (time.perf_counter() - start)
-    tokens = cfg.n_ppl_passages * cfg.seq_len
-    rows.append((f"edit evaluations a minute (ft and ft_kl), locality on {tokens} tokens", rates[True], rates[False]))
+    tokens, names = cfg.n_ppl_passages * cfg.seq_len, ", ".join(p.name for p in procs)
+    rows.append((f"edit evaluations a minute ({names}), locality on {tokens} tokens", rates[True], rates[False]))
     return rows
 
 
