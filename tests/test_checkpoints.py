@@ -24,7 +24,7 @@ from editable_lm.storage import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-STEPS, EVERY = 60, 5
+STEPS, EVERY = 300, 5  # long enough after the first checkpoint for a signal to land mid-run
 SETTINGS = {
     "edit": {"blocks": 2},
     "train": {"steps": STEPS, "seq_len": 16, "batch_size": 2, "outer_blocks": 2, "checkpoint_every": EVERY, "lr": 1e-3},
