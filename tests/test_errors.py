@@ -126,7 +126,7 @@ def work(tmp_path_factory) -> Path:
     write_params(work / "empty_section.yaml", {"train": None})
     write_params(work / "missing_section.yaml", {}, drop="train")
     (work / "empty.yaml").write_text("# nothing here\n")
-    (work / "duplicate.yaml").write_text((ROOT / "params.yaml").read_text().replace("  lr: 1.0e-5\n", "  lr: 1.0e-5\n  lr: 1.0\n"))
+    (work / "duplicate.yaml").write_text((ROOT / "params.yaml").read_text().replace("\n  lr: ", "\n  lr: 1.0\n  lr: ", 1))
     (work / "invalid.yaml").write_text("train:\n lr: 1\n  steps: 2\n")
     return work
 
