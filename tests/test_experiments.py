@@ -34,7 +34,7 @@ STATUSES = ("Queued", "Running", "Success", "Failed")
 # string key must be added here.
 OTHER_VALUES = {
     "data.source": ("wiki-vital",),  # the only offline corpus: the one key set to the value it already has
-    "data.max_articles": (150, 200),
+    "data.max_articles": (400, 500),  # enough people for every split with the biography-based pairs
     "data.min_words": (10, 9),
     "model.name": ("tiny-random-gpt2",),
     "pairs.n_process": (2, 1),
@@ -65,6 +65,7 @@ OTHER_VALUES = {
     "reliability.n_leak_probes": (1, 2),
     "reliability.n_bootstrap": (50, 100),
     "sweep.n_edits": (1, 2),
+    "tune.target_success": (0.8, 0.9),  # a rate: at most 1
     "sweep.lrs": ([0.03], [0.01]),
     "sweep.steps": ([2], [1]),
     "sequential.n_edits": (4, 5),
