@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from editable_lm.errors import EditLMError
@@ -101,3 +104,22 @@ def test_write_json(tmp_path):
     path = tmp_path / "m.json"
     write_json(path, {"a": 1})
     assert path.read_text() == '{\n  "a": 1\n}\n'
+
+
+def test_interrupt_during_the_swap_waits_until_it_is_done(tmp_path, monkeypatch):
+    """Ctrl-C while the old output is being replaced lands after the new one is in place, never between."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_replace = os.replace
+
+    def replace_after_a_signal(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)  # the old output is gone already: the worst moment
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_a_signal)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
