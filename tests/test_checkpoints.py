@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from editable_lm.models import build_base_model, save_checkpoint
 from editable_lm.storage import write_jsonl
+from smoke import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -72,7 +73,7 @@ def run_stage(work: Path, *args, **kwargs) -> subprocess.CompletedProcess:
 
 def kill_after_first_checkpoint(work: Path, stage: str, out: str, resume: str, sig=signal.SIGKILL, **kwargs):
     """Start the stage, send `sig` once a checkpoint exists; return (process, the checkpoint's step)."""
-    process = subprocess.Popen(stage_cmd(work, stage, out, resume, **kwargs), env=ENV,
+    process = subprocess.Popen(stage_cmd(work, stage, out, resume, **kwargs), env=ENV, preexec_fn=default_sigint,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = work / resume / "state.json"
     while not state.is_file() and process.poll() is None:

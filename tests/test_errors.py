@@ -21,7 +21,7 @@ import yaml
 
 from editable_lm.models import build_base_model, save_checkpoint
 from editable_lm.storage import write_jsonl
-from smoke import SmokeRun, repro, set_params
+from smoke import SmokeRun, repro, set_params, default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -138,7 +138,7 @@ def command(case: Case, work: Path) -> list[str]:
 
 def run_case(case: Case, work: Path) -> tuple[int, str]:
     process = subprocess.Popen(command(case, work), cwd=work, env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     if case.sigint_when:
         trigger = Path(case.sigint_when.format(w=work))
         while not trigger.is_file() and process.poll() is None:

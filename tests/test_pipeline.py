@@ -157,5 +157,5 @@ def test_test_edits_never_reach_tuning_or_training(smoke_run: SmokeRun, tmp_path
         out = tmp_path / stage
         run([sys.executable, f"stages/{stage}.py", "--base=models/base", f"--split={scrambled}", f"--out={out}",
              f"--live={tmp_path / 'live' / stage}", f"--resume-dir={tmp_path / 'ckpt' / stage}"], repo)
-        trained = (repo / "models" / stage / "model.safetensors").read_bytes()
+        trained = (repo / "models" / {"finetune": "finetuned"}.get(stage, stage) / "model.safetensors").read_bytes()
         assert (out / "model.safetensors").read_bytes() == trained, stage
