@@ -21,7 +21,7 @@ from editable_lm.editing import apply_edit, collate, detached_edit_params, encod
 from editable_lm.metrics import edit_success, perplexity, relative_drawdown, sequence_logprob
 from editable_lm.models import device, edit_learning_rates, load_for_editing
 from editable_lm.params import EditParams
-from editable_lm.split_forward import Prepared, SplitForward, upcast
+from editable_lm.split_forward import Prepared, SharedLower, SplitForward, upcast
 from editable_lm.training import encode_edits, encode_passages
 
 MODELS = ("base", "finetuned", "editable")  # the three models every evaluation stage compares
@@ -163,6 +163,11 @@ def new_name_wins(model: SplitForward, probes: Prepared, params: Mapping[str, Te
     return logp[:half] > logp[half:]
 
 
+def same_weights(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    """Do two dicts of edited weights hold the same tensors, bit for bit?"""
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
 @torch.no_grad()
 def measure_edit(
     model: SplitForward,
@@ -177,7 +182,8 @@ def measure_edit(
 
     Counterfactual: the edit's own prefix; generality: other sentences naming the person;
     leakage: sentences about other people, where the new name should not start to win.
-    The inputs are prepared once and shared by the procedures: one row each.
+    The inputs are prepared once and shared by the procedures: one row each. Procedures that end
+    on the same weights (edit-until-success stopping at the fixed step count) share their measurement.
     """
     new = model.prepare(encode_edits([pair], tokenizer, max_len))
     general = [(p["prefix"], p["new_name"], p["name"]) for p in pair.get("probes", [])]
@@ -185,27 +191,38 @@ def measure_edit(
     probes = encode_probes(model, tokenizer, [(pair["prefix"], pair["new_name"], pair["name"]), *general, *leaks], max_len)
     wins_pre = new_name_wins(model, probes)
     logp_new_pre = sequence_logprob(model.target_logits(new), new.targets).item()
-    rows = []
-    for procedure in procedures:
-        start = time.perf_counter()
-        edited, steps = edit_with_steps(model, new, procedure)
-        seconds = time.perf_counter() - start
+
+    def measure(edited: Mapping[str, Tensor]) -> dict:
         new_logits = model.target_logits(new, edited)
-        success = bool(edit_success(new_logits, new.targets).item())
         wins = new_name_wins(model, probes, edited)
         leaked = wins[1 + len(general) :] & ~wins_pre[1 + len(general) :]
-        rows.append({
-            "edit_id": pair["id"],
-            "procedure": procedure.name,
-            "edit_success": float(success),
-            "edit_steps": steps,
-            "steps_to_success": steps if success else None,
+        return {
+            "edit_success": float(edit_success(new_logits, new.targets).item()),
             "counterfactual_success": float(wins[0].item()),
             "generality": wins[1 : 1 + len(general)].float().mean().item() if general else None,
             "leakage": leaked.float().mean().item() if leaks else None,
             "logp_new_pre": logp_new_pre,
             "logp_new_post": sequence_logprob(new_logits, new.targets).item(),
             **locality(model, ref, edited),
+        }
+
+    measured: list[tuple[dict[str, Tensor], dict]] = []
+    rows = []
+    for procedure in procedures:
+        start = time.perf_counter()
+        edited, steps = edit_with_steps(model, new, procedure)
+        seconds = time.perf_counter() - start
+        metrics = next((m for weights, m in measured if same_weights(weights, edited)), None)
+        if metrics is None:
+            metrics = measure(edited)
+            measured.append((edited, metrics))
+        rows.append({
+            "edit_id": pair["id"],
+            "procedure": procedure.name,
+            "edit_success": metrics["edit_success"],  # the columns in EDIT_METRICS order
+            "edit_steps": steps,
+            "steps_to_success": steps if metrics["edit_success"] else None,
+            **metrics,
             "sec_per_edit": seconds,
         })
     return rows
@@ -331,8 +348,13 @@ class LoadedModel:
 def loaded_models(
     paths: Mapping[str, str | Path], edit: EditParams, passages: list[dict], max_len: int, split: bool = True
 ) -> Iterator[LoadedModel]:
-    """Each checkpoint in turn (one in memory at a time), frozen, split below the edit, with its reference."""
-    for label, path in paths.items():
-        model, tokenizer, names = load_for_editing(path, edit)
-        forward = SplitForward(model, names, split)
-        yield LoadedModel(label, forward, tokenizer, reference(forward, tokenizer, passages, max_len), Path(path))
+    """Each checkpoint in turn, frozen, split below the edit, with its reference.
+
+    All are loaded first: the blocks they share (those training left alone) then run once per input
+    for all of them (`SharedLower`).
+    """
+    loaded = {label: load_for_editing(path, edit) for label, path in paths.items()}
+    shared = SharedLower.of([model for model, _, _ in loaded.values()]) if split else None
+    for label, (model, tokenizer, names) in loaded.items():
+        forward = SplitForward(model, names, split, shared)
+        yield LoadedModel(label, forward, tokenizer, reference(forward, tokenizer, passages, max_len), Path(paths[label]))

@@ -10,6 +10,10 @@ LM head only at the positions a loss or metric reads.
 
 `split=False` keeps the plain full-model path (every block, every call), so that tests can compare
 the two and the benchmark can time both.
+
+Models that hold the same lowest blocks (the evaluated checkpoints: training changes only the top
+`train.outer_blocks`) can share those blocks' outputs through a `SharedLower`: the first model to
+prepare an input keeps the input of the first block that differs, the others start there.
 """
 
 from __future__ import annotations
@@ -57,6 +61,40 @@ class Prepared:
     kwargs: dict = field(default_factory=dict)
 
 
+@dataclass
+class SharedLower:
+    """Outputs of the lowest `depth` blocks, shared by models whose weights agree up to there.
+
+    `outputs` maps an input batch to what block `depth` receives (hidden states, args, kwargs).
+    """
+
+    depth: int
+    outputs: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, models: list[nn.Module]) -> SharedLower:
+        """The deepest block below which every model has the same weights and buffers, bit for bit."""
+        first = dict(_state(models[0]))
+        prefix, blocks = decoder_blocks(models[0])
+        depth = len(blocks)
+        for model in models[1:]:
+            for name, value in _state(model):
+                if name not in first or first[name].shape != value.shape or not torch.equal(first[name], value):
+                    index = _block_index(prefix, name)
+                    depth = min(depth, 0 if index is None else index)  # outside the blocks: nothing is shared
+        return cls(depth)
+
+    @staticmethod
+    def key(batch: Batch) -> tuple:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        return tuple(ids.shape), ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes()
+
+
+def _state(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
 class _Stop(Exception):
     """Raised by the hook on the first upper block: the lower part is done."""
 
@@ -67,8 +105,8 @@ class SplitForward:
     Parameters passed to `logits` must be among `names` (the edit parameters).
     """
 
-    def __init__(self, model: nn.Module, names: list[str], split: bool = True):
-        self.model, self.names, self.split = model, list(names), split
+    def __init__(self, model: nn.Module, names: list[str], split: bool = True, shared: SharedLower | None = None):
+        self.model, self.names, self.split, self.shared = model, list(names), split, shared
         self.prefix, self.blocks = decoder_blocks(model)
         indices = [_block_index(self.prefix, name) for name in self.names]
         if None in indices:
@@ -82,13 +120,25 @@ class SplitForward:
         targets = Targets.of(batch["labels"])
         if not self.split:
             return Prepared(batch, targets)
+        if self.shared is None or self.shared.depth == 0:
+            hidden, args, kwargs = self._block_input(batch, self.start)
+            return Prepared(batch, targets, hidden, args, kwargs)
+        depth = min(self.shared.depth, self.start)
+        key = self.shared.key(batch)
+        if key not in self.shared.outputs:
+            self.shared.outputs[key] = self._block_input(batch, depth)
+        hidden, args, kwargs = self.shared.outputs[key]
+        return Prepared(batch, targets, self._run_blocks(hidden, args, kwargs, depth, self.start), args, kwargs)
+
+    def _block_input(self, batch: Batch, index: int) -> tuple[Tensor, tuple, dict]:
+        """What block `index` receives when the model runs on `batch`: hidden states, other args, kwargs."""
         captured = {}
 
         def stop(module, args, kwargs):
             captured["args"], captured["kwargs"] = args, kwargs
             raise _Stop
 
-        handle = self.blocks[self.start].register_forward_pre_hook(stop, with_kwargs=True)
+        handle = self.blocks[index].register_forward_pre_hook(stop, with_kwargs=True)
         try:
             # No cache: the captured arguments are replayed for every upper-block run.
             self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
@@ -98,7 +148,7 @@ class SplitForward:
             handle.remove()
         args, kwargs = captured["args"], dict(captured["kwargs"])
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        return Prepared(batch, targets, hidden, tuple(args[1:]), kwargs)
+        return hidden, tuple(args[1:]), kwargs
 
     def logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None, where: Tensor | None = None) -> Tensor:
         """Logits [B, T, V], or [N, V] at the positions `where` [B, T] marks, with `params` swapped in."""
@@ -132,16 +182,21 @@ class SplitForward:
 
     def _upper(self, inputs: Prepared, params: Mapping[str, Tensor] | None) -> Tensor:
         """Output of the last block [B, T, D], from the cached input of block `start`."""
+        return self._run_blocks(inputs.hidden, inputs.args, inputs.kwargs, self.start, len(self.blocks), params)
+
+    def _run_blocks(
+        self, hidden: Tensor, args: tuple, kwargs: dict, first: int, end: int, params: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """Blocks `first` .. `end - 1` on `hidden`, with `params` swapped in where they belong."""
         params = dict(params or {})
-        hidden = inputs.hidden
-        for index in range(self.start, len(self.blocks)):
+        for index in range(first, end):
             scope = f"{self.prefix}.{index}."
             own = {name[len(scope) :]: value for name, value in params.items() if name.startswith(scope)}
             block = self.blocks[index]
             if own:
-                hidden = functional_call(block, own, args=(hidden, *inputs.args), kwargs=inputs.kwargs, strict=False)
+                hidden = functional_call(block, own, args=(hidden, *args), kwargs=kwargs, strict=False)
             else:
-                hidden = block(hidden, *inputs.args, **inputs.kwargs)
+                hidden = block(hidden, *args, **kwargs)
         return hidden
 
     def target_logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None) -> Tensor:

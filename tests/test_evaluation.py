@@ -12,7 +12,7 @@ from conftest import tiny_llama
 from editable_lm.editing import collate, encode_edit, kl_divergence
 from editable_lm.evaluation import (
     EDIT_METRICS, Procedure, batched_edits, best_setting, edit_model, edit_with_steps, evaluate_edits, held_out, locality,
-    log_schedule, measure_edit,
+    log_schedule, measure_edit, same_weights,
     procedures, reference, sequential_edits,
 )
 from editable_lm.metrics import edit_success, perplexity, sequence_logprob
@@ -284,3 +284,18 @@ def test_chunked_locality_matches_whole_batch_formulas(model, tokenizer, ref, pa
     assert expected["kl"] > 1e-4 and expected["top1_agreement"] < 1  # the edit did change something
     for chunk_tokens in (1, 10_000):
         assert locality(model, ref, edited, chunk_tokens) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_procedures_ending_on_the_same_weights_share_their_measurement(model, tokenizer, ref, pairs):
+    """Edit-until-success that runs the fixed step count ends on the fixed-step edit's weights, bit for bit:
+    its row then repeats that measurement (not recomputed); a different edit gets its own."""
+    pair = {**pairs[2], "new_name": "Newton"}
+    fixed, until = Procedure("ft", 1e-6, 2), Procedure("until", 1e-6, 2, until_success=True)
+    edit = model.prepare(encode_edits([pair], tokenizer, MAX_LEN))
+    assert same_weights(edit_model(model, edit, fixed), edit_model(model, edit, until))
+    ft, until_row, strong = measure_edit(model, tokenizer, pair, [], [fixed, until, Procedure("ft", 1.0, 2)], ref, MAX_LEN)
+    shared = [k for k in EDIT_METRICS if k not in ("sec_per_edit", "steps_to_success")]
+    assert until_row["edit_steps"] == 2 and {k: until_row[k] for k in shared} == {k: ft[k] for k in shared}
+    assert strong["kl"] > ft["kl"] and strong["logp_new_post"] > ft["logp_new_post"]
+    alone = measure_edit(model, tokenizer, pair, [], [until], ref, MAX_LEN)[0]
+    assert {k: alone[k] for k in shared} == {k: until_row[k] for k in shared}  # the same numbers when measured alone

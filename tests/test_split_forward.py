@@ -11,7 +11,7 @@ from editable_lm.errors import EditLMError
 from editable_lm.evaluation import evaluate_edits, procedures, reference
 from editable_lm.models import edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, EditParams
-from editable_lm.split_forward import SplitForward, Targets
+from editable_lm.split_forward import SharedLower, SplitForward, Targets
 from editable_lm.training import editable_losses
 
 BUILDERS = {"gpt2": lambda: tiny_gpt2(layers=4), "llama": lambda: tiny_llama(layers=4)}
@@ -59,6 +59,39 @@ def test_split_logits_equal_full_logits(arch):
     a, b = split.prepare(labelled), full.prepare(labelled)
     assert split.target_logits(a).shape == (len(a.targets.tokens), VOCAB) == (3 * 2, VOCAB)
     torch.testing.assert_close(split.target_logits(a, edited), full.target_logits(b, edited), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", BUILDERS)
+@torch.no_grad()
+def test_models_share_the_blocks_they_agree_on(arch):
+    """Three checkpoints that differ from block 2 up (as training leaves them) share blocks 0-1: the first to
+    prepare an input keeps block 2's input, the others start there, and every logit equals its full model's."""
+    base = BUILDERS[arch]().double()
+    prefix = SplitForward(base, top_block_parameter_names(base, 1)).prefix
+    trained = [base]
+    for seed in (1, 2):
+        model = BUILDERS[arch]().double()
+        model.load_state_dict(base.state_dict())
+        g = torch.Generator().manual_seed(seed)
+        for name, value in model.named_parameters():
+            if name.startswith((f"{prefix}.2.", f"{prefix}.3.")):
+                value.add_(0.1 * torch.randn(value.shape, generator=g, dtype=value.dtype))
+        trained.append(model)
+    shared = SharedLower.of(trained)
+    assert shared.depth == 2
+    batch = padded_batch(seed=3)
+    real = batch["attention_mask"].bool()
+    for model in trained:
+        names = top_block_parameter_names(model, 1, "mlp")  # edits in block 3: block 2 runs per model
+        split, full = SplitForward(model, names, shared=shared), SplitForward(model, names, split=False)
+        a, b = split.prepare(batch), full.prepare(batch)
+        edited = shifted(detached_edit_params(split))
+        torch.testing.assert_close(split.logits(a, edited)[real], full.logits(b, edited)[real], rtol=0, atol=1e-10)
+    assert len(shared.outputs) == 1  # one lower pass for the three models
+    other = BUILDERS[arch]().double()
+    other.load_state_dict(base.state_dict())
+    other.get_input_embeddings().weight.add_(1.0)
+    assert SharedLower.of([base, other]).depth == 0  # different embeddings: nothing in common
 
 
 def test_targets_are_the_labelled_next_tokens():
