@@ -48,13 +48,9 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device: to
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-probability of each next-token label [B, T-1] and the mask of labelled positions."""
-    return label_logprobs(torch.log_softmax(upcast(logits), dim=-1), labels)
-
-
 def label_logprobs(logprobs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """`token_logprobs` from log-probabilities [B, T, V] that are already normalised."""
+    """Log-probability of each next-token label [B, T-1] from log-probabilities [B, T, V];
+    the mask of labelled positions."""
     targets = labels[:, 1:]
     mask = targets != IGNORE
     picked = logprobs[:, :-1].gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)

@@ -162,7 +162,7 @@ class TuneParams(Section):
 
     n_edits: Int = AtLeast(30, 1)  # validation edits
     n_ppl_passages: Int = AtLeast(4, 1)  # validation passages for the drawdown
-    target_success: Float = Field(0.9, ge=0, le=1)  # lowest drawdown among lrs reaching this success, else best success
+    target_success: Float = Field(0.95, ge=0, le=1)  # lowest drawdown among lrs reaching this success, else best success
 
 
 class SweepParams(Section):

@@ -175,6 +175,8 @@ def write_report(
         "`steps_to_success` over the edits that succeeded).",
         f"Generality is measured on the {evaluate['base']['ft'].get('generality_n', 'all')} edits that have probes "
         "(other sentences of the same article naming the person).",
+        f"Drawdown is relative to each model's own unedited perplexity on the {evaluate.get('locality_tokens', '')} "
+        "locality tokens: " + ", ".join(f"{m} {evaluate[m]['ppl_unedited']:.3g}" for m in MODELS) + ".",
         "",
         reliability_table(evaluate),
         "",

@@ -26,7 +26,7 @@ def main() -> None:
         summary["locality_tokens"] = int(m.ref.inputs.batch["attention_mask"].sum())
         procs = procedures(m.model, m.tokenizer, loc_passages, m.lr(lr), cfg.edit_steps, cfg.kl_weight, cfg.seq_len, cfg.max_steps)
         model_rows = evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, rel.n_leak_probes, cfg.seed, m.label)
-        summary[m.label] = {"edit_lr": lr, **summarize_by(model_rows, "procedure", EDIT_METRICS, rel.n_bootstrap, cfg.seed)}
+        summary[m.label] = {"edit_lr": lr, "ppl_unedited": m.ref.ppl, **summarize_by(model_rows, "procedure", EDIT_METRICS, rel.n_bootstrap, cfg.seed)}
         rows += [{"model": m.label, "edit_lr": lr, **row} for row in model_rows]
     summary["differences"] = paired_differences(rows, COMPARISONS, DIFFERENCES, rel.n_bootstrap, cfg.seed)
     write_json(args.metrics, summary)

@@ -60,9 +60,10 @@ def summary(value: float, skip: tuple[str, ...] = ()) -> dict:
 
 EVALUATE = {
     "n_edits": 12,
-    "base": {"ft": summary(0.5, skip=("generality",)), "ft_kl": summary(0.4)},
-    "finetuned": {"ft": summary(0.6), "ft_kl": summary(0.55)},
-    "editable": {"edit_lr": 0.03, "ft": summary(0.8), "ft_kl": summary(0.75)},
+    "locality_tokens": 1000,
+    "base": {"ppl_unedited": 21.5, "ft": summary(0.5, skip=("generality",)), "ft_kl": summary(0.4)},
+    "finetuned": {"ppl_unedited": 20.2, "ft": summary(0.6), "ft_kl": summary(0.55)},
+    "editable": {"edit_lr": 0.03, "ppl_unedited": 20.5, "ft": summary(0.8), "ft_kl": summary(0.75)},
     "differences": {
         "editable-finetuned": {"ft": {"edit_success": paired(0.2, 0.1, 0.3), "ppl_drawdown": paired(-0.05, -0.08, -0.01)}},
         "editable-base": {"ft": {"edit_success": paired(0.3, -0.1, 0.5), "ppl_drawdown": paired(0.0, -0.02, 0.02)}},
@@ -91,6 +92,7 @@ def test_write_report(tmp_path):
     assert "| base | lr=0.1,steps=2 | 0.9 | 0.2 |" in text
     assert "| editable | lr=0.1,steps=1 | 1 | 0.3 [0.25, 0.35] |" in text
     assert "| editable | 0.03 | 0.9 | 0.01 |" in text  # the tuned learning rate
+    assert "own unedited perplexity on the 1000 locality tokens: base 21.5, finetuned 20.2, editable 20.5." in text
     assert "| editable-finetuned | ft | edit_success | +0.2 [+0.1, +0.3] | +0.2 |" in text
     assert "editable-base +0.1 [-0.05, +0.2]" in text
     verdict = text.split("\n")[4]
