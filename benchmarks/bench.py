@@ -10,7 +10,9 @@
    through `higher` (the original study's library).
 2. The default configuration (params.yaml: SmolLM2-135M, edit and training settings): seconds per
    MAML step, split and full; edit evaluations a minute with locality on
-   `evaluate.n_ppl_passages` x `evaluate.seq_len` held-out tokens, for both edit procedures.
+   `evaluate.n_ppl_passages` x `evaluate.seq_len` held-out tokens, for every edit procedure, over three
+   checkpoints that differ in their top `train.outer_blocks` blocks (as the evaluation stages see them:
+   on the split path they share the blocks below, `SharedLower`).
 
 Prints figures and ratios; asserts nothing. Run it on a quiet machine.
 """
@@ -21,6 +23,7 @@ import argparse
 import random
 import statistics
 import time
+from copy import deepcopy
 from typing import Callable
 
 import higher
@@ -32,7 +35,7 @@ from editable_lm.editing import IGNORE, collate, kl_divergence, lm_loss
 from editable_lm.evaluation import evaluate_edits, procedures, reference
 from editable_lm.models import build_base_model, edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, load_params
-from editable_lm.split_forward import SplitForward
+from editable_lm.split_forward import SharedLower, SplitForward
 from editable_lm.training import editable_losses, encode_edits, encode_passages, trainable_parameters
 
 NAMES = ["Marie Curie", "Niels Bohr", "Ada Lovelace", "Alan Turing", "Rosalind Franklin", "Enrico Fermi"]
@@ -137,18 +140,35 @@ def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
     rows = [("MAML step, default config (s)", steps["split"], steps["full"])]
     model.eval().requires_grad_(False)
     cfg = params.evaluate
+    checkpoints = [model, *(trained_copy(model, params.train.outer_blocks, seed) for seed in (1, 2))]
     rates = {}
     for split in (True, False):
-        forward = SplitForward(model, names, split)
-        ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
-        procs = procedures(forward, tokenizer, train_passages[: cfg.n_loc_passages], cfg.edit_lr, cfg.edit_steps, cfg.kl_weight, cfg.seq_len)
-        evaluate_edits(forward, tokenizer, pairs[:1], procs, ref, cfg.seq_len, params.reliability.n_leak_probes)  # warm-up
-        start = time.perf_counter()
-        evaluate_edits(forward, tokenizer, pairs, procs, ref, cfg.seq_len, params.reliability.n_leak_probes)
-        rates[split] = 60 * len(pairs) * len(procs) / (time.perf_counter() - start)
+        evaluated, start = 0, None
+        shared = SharedLower.of(checkpoints) if split else None
+        for index, checkpoint in enumerate(checkpoints):
+            forward = SplitForward(checkpoint, names, split, shared)
+            ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
+            procs = procedures(forward, tokenizer, train_passages[: cfg.n_loc_passages], cfg.edit_lr, cfg.edit_steps,
+                               cfg.kl_weight, cfg.seq_len, cfg.max_steps)
+            if start is None:  # warm-up on an edit the timed run does not see
+                evaluate_edits(forward, tokenizer, pairs[-1:], procs, ref, cfg.seq_len, params.reliability.n_leak_probes)
+                start = time.perf_counter()
+            evaluate_edits(forward, tokenizer, pairs[:-1], procs, ref, cfg.seq_len, params.reliability.n_leak_probes)
+            evaluated += (len(pairs) - 1) * len(procs)
+        rates[split] = 60 * evaluated / (time.perf_counter() - start)
     tokens, names = cfg.n_ppl_passages * cfg.seq_len, ", ".join(p.name for p in procs)
-    rows.append((f"edit evaluations a minute ({names}), locality on {tokens} tokens", rates[True], rates[False]))
+    rows.append((f"edit evaluations a minute (3 checkpoints; {names}), locality on {tokens} tokens", rates[True], rates[False]))
     return rows
+
+
+def trained_copy(model, outer_blocks: int, seed: int):
+    """A stand-in for a trained checkpoint: the model with its top `outer_blocks` blocks changed, as training leaves it."""
+    copy = deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    for name in top_block_parameter_names(copy, outer_blocks):
+        weight = copy.get_parameter(name)
+        weight.add_(1e-3 * weight.abs().mean() * torch.randn(weight.shape, generator=g))
+    return copy
 
 
 def main() -> None:

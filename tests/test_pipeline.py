@@ -28,6 +28,7 @@ def test_metrics_have_every_key_and_are_finite(repo):
     tuned = json.loads((repo / "metrics" / "tune.json").read_text())
     for model in ("base", "finetuned", "editable"):
         assert metrics[model]["edit_lr"] == tuned[model]["edit_lr"] in SMOKE["sweep"]["lrs"]
+        assert 1 < metrics[model]["ppl_unedited"] < math.inf
         for procedure in ("ft", "ft_kl", "until_success"):
             values = metrics[model][procedure]
             # generality needs probes, which a 3-edit sample may lack, steps_to_success a success
