@@ -68,8 +68,20 @@ def verdict(evaluate: dict, sweep: dict) -> str:
         f"So, on this data and budget, editable training makes a single edit "
         f"{direction(diff['edit_success'], 'more reliable', 'less reliable')} and "
         f"{direction(diff['ppl_drawdown'], 'more local', 'less local', lower_is_better=True)} than fine-tuning "
-        f"(95% paired bootstrap intervals)."
+        f"(95% paired bootstrap intervals)." + costs(evaluate)
     )
+
+
+def costs(evaluate: dict) -> str:
+    """The verdict's last sentence: each model's own unedited perplexity and its edits' generality, where measured."""
+    parts = []
+    if all("ppl_unedited" in evaluate[m] for m in MODELS):
+        parts.append("unedited perplexity on the locality tokens is "
+                     + ", ".join(f"{evaluate[m]['ppl_unedited']:.3g} ({m})" for m in MODELS[::-1]))
+    if all("generality" in evaluate[m]["ft"] for m in MODELS):
+        parts.append("edits carry over to other sentences about the same person in "
+                     + ", ".join(f"{evaluate[m]['ft']['generality']:.0%} ({m})" for m in MODELS[::-1]) + " of probes")
+    return f" What it costs: {'; '.join(parts)}." if parts else ""
 
 
 def differences_table(evaluate: dict) -> str:

@@ -99,6 +99,9 @@ def test_write_report(tmp_path):
     assert verdict.startswith("**Verdict.** On 12 held-out test edits")
     assert "80% of edits for the editable model, 60% for the fine-tuned" in verdict
     assert "more reliable and more local than fine-tuning" in verdict
+    # generality only where every model has it (the base model's edits here have no probes)
+    assert verdict.endswith("What it costs: unedited perplexity on the locality tokens is 20.5 (editable), 20.2 (finetuned), "
+                            "21.5 (base).")
     assert "| base | 4 | 0.5 | 0.08 | 0.75 | 0.02 |" in text
     assert "| editable | 4 | 0.312 | 0.02 | 0.75 | 0.02 |" in text
     for name in ("reliability", "tradeoff", "sequential"):
