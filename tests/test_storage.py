@@ -118,8 +118,13 @@ def test_interrupt_during_the_swap_waits_until_it_is_done(tmp_path, monkeypatch)
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace_after_a_signal)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(target) as tmp:
-            tmp.mkdir()
-            (tmp / "new.txt").write_text("new")
+    # Ctrl-C as in a terminal: a shell starts background jobs (pytest too) with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_path(target) as tmp:
+                tmp.mkdir()
+                (tmp / "new.txt").write_text("new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
