@@ -145,7 +145,7 @@ def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
     for split in (True, False):
         evaluated, start = 0, None
         shared = SharedLower.of(checkpoints) if split else None
-        for index, checkpoint in enumerate(checkpoints):
+        for checkpoint in checkpoints:
             forward = SplitForward(checkpoint, names, split, shared)
             ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
             procs = procedures(forward, tokenizer, train_passages[: cfg.n_loc_passages], cfg.edit_lr, cfg.edit_steps,
@@ -156,8 +156,8 @@ def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
             evaluate_edits(forward, tokenizer, pairs[:-1], procs, ref, cfg.seq_len, params.reliability.n_leak_probes)
             evaluated += (len(pairs) - 1) * len(procs)
         rates[split] = 60 * evaluated / (time.perf_counter() - start)
-    tokens, names = cfg.n_ppl_passages * cfg.seq_len, ", ".join(p.name for p in procs)
-    rows.append((f"edit evaluations a minute (3 checkpoints; {names}), locality on {tokens} tokens", rates[True], rates[False]))
+    tokens, compared = cfg.n_ppl_passages * cfg.seq_len, ", ".join(p.name for p in procs)
+    rows.append((f"edit evaluations a minute (3 checkpoints; {compared}), locality on {tokens} tokens", rates[True], rates[False]))
     return rows
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from editable_lm.models import build_base_model, save_checkpoint
 from editable_lm.storage import write_jsonl
-from smoke import SmokeRun, repro, set_params, default_sigint
+from smoke import SmokeRun, default_sigint, repro, set_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

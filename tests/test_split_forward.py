@@ -67,15 +67,14 @@ def test_models_share_the_blocks_they_agree_on(arch):
     """Three checkpoints that differ from block 2 up (as training leaves them) share blocks 0-1: the first to
     prepare an input keeps block 2's input, the others start there, and every logit equals its full model's."""
     base = BUILDERS[arch]().double()
-    prefix = SplitForward(base, top_block_parameter_names(base, 1)).prefix
     trained = [base]
     for seed in (1, 2):
         model = BUILDERS[arch]().double()
         model.load_state_dict(base.state_dict())
         g = torch.Generator().manual_seed(seed)
-        for name, value in model.named_parameters():
-            if name.startswith((f"{prefix}.2.", f"{prefix}.3.")):
-                value.add_(0.1 * torch.randn(value.shape, generator=g, dtype=value.dtype))
+        for name in top_block_parameter_names(model, 2):  # every weight of blocks 2 and 3
+            value = model.get_parameter(name)
+            value.add_(0.1 * torch.randn(value.shape, generator=g, dtype=value.dtype))
         trained.append(model)
     shared = SharedLower.of(trained)
     assert shared.depth == 2
