@@ -80,7 +80,8 @@ def distilgpt2_steps() -> dict[str, Callable[[], None]]:
         update(lm_loss(model(**inputs).logits, passages["labels"]))
 
     def ours(split: bool):
-        return lambda: update(editable_losses(SplitForward(model, names, split), passages, edit, maml.inner_lr, maml)["total"])
+        forward = SplitForward(model, names, split)  # once, as training builds it
+        return lambda: update(editable_losses(forward, passages, edit, maml.inner_lr, maml)["total"])
 
     def with_higher():
         pre = model(**inputs).logits
@@ -123,10 +124,12 @@ def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
     model.train()
 
     def maml(split: bool):
+        forward = SplitForward(model, names, split)  # once, as training builds it
+
         def step():
             batch = rng.sample(train_passages, params.train.batch_size)
             losses = editable_losses(
-                SplitForward(model, names, split),
+                forward,
                 encode_passages(batch, tokenizer, params.train.seq_len),
                 encode_edits([rng.choice(pairs)], tokenizer, params.train.seq_len),
                 params.editable.inner_lr, params.editable,

@@ -79,7 +79,7 @@ class SharedLower:
         depth = len(blocks)
         for model in models[1:]:
             for name, value in _state(model):
-                if name not in first or first[name].shape != value.shape or not torch.equal(first[name], value):
+                if name not in first or not torch.equal(first[name], value):
                     index = _block_index(prefix, name)
                     depth = min(depth, 0 if index is None else index)  # outside the blocks: nothing is shared
         return cls(depth)
@@ -114,20 +114,19 @@ class SplitForward:
             raise EditLMError(f"{outside}: edit weights must lie inside the transformer blocks ({self.prefix}.<i>)")
         self.start = min(indices, default=len(self.blocks))
         self.norm, self.head = _final_norm(model), model.get_output_embeddings()
+        self._head_t: tuple[tuple, Tensor] | None = None  # (weight version, contiguous transpose) for `_few_logits`
 
     def prepare(self, batch: Batch) -> Prepared:
         """Run the blocks below `start` once (on the split path) and keep their output."""
         targets = Targets.of(batch["labels"])
         if not self.split:
             return Prepared(batch, targets)
-        if self.shared is None or self.shared.depth == 0:
-            hidden, args, kwargs = self._block_input(batch, self.start)
-            return Prepared(batch, targets, hidden, args, kwargs)
-        depth = min(self.shared.depth, self.start)
-        key = self.shared.key(batch)
-        if key not in self.shared.outputs:
-            self.shared.outputs[key] = self._block_input(batch, depth)
-        hidden, args, kwargs = self.shared.outputs[key]
+        depth = min(self.shared.depth, self.start) if self.shared else 0
+        cache = self.shared.outputs if depth else {}  # below `depth` every model gives the same output
+        key = SharedLower.key(batch)
+        if key not in cache:
+            cache[key] = self._block_input(batch, depth)
+        hidden, args, kwargs = cache[key]
         return Prepared(batch, targets, self._run_blocks(hidden, args, kwargs, depth, self.start), args, kwargs)
 
     def _block_input(self, batch: Batch, index: int) -> tuple[Tensor, tuple, dict]:
@@ -156,9 +155,36 @@ class SplitForward:
             logits = self._full_logits(inputs, params)
             return logits if where is None else logits[where]
         hidden = self._upper(inputs, params)
-        if where is not None:
-            hidden = hidden[where]  # [N, D]: the LM head costs as much as several blocks per position
-        return self.head(self.norm(hidden))
+        if where is None:
+            return self.head(self.norm(hidden))
+        # [N, D]: the LM head costs as much as several blocks per position
+        return self._few_logits(self.norm(hidden[where]))
+
+    def _few_logits(self, hidden: Tensor) -> Tensor:
+        """The LM head on a few rows [N, D]. MKL's kernels for `hidden @ W.T` with a small N run ~8x below
+        `W @ hidden.T` on this hardware, and so does their backward: a frozen head (the evaluated models,
+        training with `outer_blocks` > 0) takes the fast layouts, with a cached contiguous transpose."""
+        weight, bias = self.head.weight, getattr(self.head, "bias", None)
+        if weight.requires_grad or bias is not None or hidden.dim() != 2:
+            return self.head(hidden)
+        version = (weight.data_ptr(), weight._version, weight.dtype)
+        if self._head_t is None or self._head_t[0] != version:
+            self._head_t = version, weight.detach().T.contiguous()
+        return _FrozenHead.apply(hidden, weight.detach(), self._head_t[1])
+
+    def logits_many(self, requests: list[tuple[Prepared, Mapping[str, Tensor] | None, Tensor | None]]) -> list[Tensor]:
+        """`logits(inputs, params, where)` for each request. On the split path the LM head runs once over the
+        rows of all of them: when it trains, each application adds a dense vocabulary-sized weight gradient."""
+        if not self.split:
+            return [self.logits(inputs, params, where) for inputs, params, where in requests]
+        rows, shapes = [], []
+        for inputs, params, where in requests:
+            hidden = self._upper(inputs, params)
+            shapes.append(hidden.shape[:-1] if where is None else None)
+            rows.append(hidden.flatten(0, 1) if where is None else hidden[where])
+        logits = self.head(self.norm(torch.cat(rows)))
+        pieces = logits.split([len(r) for r in rows])
+        return [piece if shape is None else piece.view(*shape, -1) for piece, shape in zip(pieces, shapes)]
 
     def logits_in_chunks(
         self, inputs: Prepared, params: Mapping[str, Tensor] | None = None, tokens: int = 128
@@ -202,6 +228,35 @@ class SplitForward:
     def target_logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """Logits [N, V] at the labelled positions only (see `Targets`)."""
         return self.logits(inputs, params, inputs.targets.where)
+
+
+class _FrozenHead(torch.autograd.Function):
+    """rows [N, D] -> rows @ W.T [N, V] for a frozen W, computed as (W @ rows.T).T; its backward is
+    `_FrozenHeadT`, whose backward is this again, so MAML's inner loop can differentiate through it."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, weight: Tensor, weight_t: Tensor) -> Tensor:
+        ctx.save_for_backward(weight, weight_t)
+        return (weight @ rows.T).T.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weight, weight_t = ctx.saved_tensors
+        return _FrozenHeadT.apply(grad, weight, weight_t), None, None
+
+
+class _FrozenHeadT(torch.autograd.Function):
+    """grad [N, V] -> grad @ W [N, D] for a frozen W, computed as (W.T @ grad.T).T from W.T kept contiguous."""
+
+    @staticmethod
+    def forward(ctx, grad: Tensor, weight: Tensor, weight_t: Tensor) -> Tensor:
+        ctx.save_for_backward(weight, weight_t)
+        return (weight_t @ grad.T).T.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weight, weight_t = ctx.saved_tensors
+        return _FrozenHead.apply(grad, weight, weight_t), None, None
 
 
 def _block_index(prefix: str, name: str) -> int | None:

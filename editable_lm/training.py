@@ -85,12 +85,14 @@ def editable_losses(
     shared by every pass above them, so the outer gradient still reaches trained lower blocks.
     """
     passages, edits = model.prepare(passages), model.prepare(edits)
-    pre_logits = model.logits(passages)
-    base = lm_loss(pre_logits, passages.batch["labels"])
     start = {name: model.model.get_parameter(name) for name in model.names}
     edited = apply_edit(model, start, edits, inner_lr, params.inner_steps, create_graph=not params.first_order)
-    edit = target_loss(model.target_logits(edits, edited), edits.targets)
-    locality = kl_divergence(pre_logits.detach(), model.logits(passages, edited), passages.batch["attention_mask"])
+    pre_logits, post_logits, edit_logits = model.logits_many(
+        [(passages, None, None), (passages, edited, None), (edits, edited, edits.targets.where)]
+    )
+    base = lm_loss(pre_logits, passages.batch["labels"])
+    edit = target_loss(edit_logits, edits.targets)
+    locality = kl_divergence(pre_logits.detach(), post_logits, passages.batch["attention_mask"])
     total = params.cbase * base + params.cedit * edit + params.cloc * locality
     return {"total": total, "base": base, "edit": edit, "locality": locality}
 

@@ -93,6 +93,35 @@ def test_models_share_the_blocks_they_agree_on(arch):
     assert SharedLower.of([base, other]).depth == 0  # different embeddings: nothing in common
 
 
+@pytest.mark.parametrize("arch", BUILDERS)
+def test_frozen_head_on_few_rows_is_the_lm_head_to_second_order(arch):
+    """A frozen LM head on labelled rows takes its own kernels: same logits as the module, and first and
+    second derivatives that gradcheck confirms (MAML's inner loop differentiates through them)."""
+    model, split, _ = split_and_full(arch)
+    head = model.get_output_embeddings().requires_grad_(False)
+    rows = torch.randn(5, head.in_features, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(split._few_logits(rows), head(rows), rtol=0, atol=1e-12)
+    assert split._few_logits(rows).grad_fn.name().endswith("_FrozenHeadBackward")  # the fast path was taken
+    assert torch.autograd.gradcheck(split._few_logits, (rows,))
+    assert torch.autograd.gradgradcheck(split._few_logits, (rows,))
+    head.requires_grad_(True)
+    assert "_FrozenHead" not in split._few_logits(rows).grad_fn.name()  # a trained head keeps the module
+
+
+@pytest.mark.parametrize("arch", BUILDERS)
+@torch.no_grad()
+def test_logits_of_several_inputs_at_once(arch):
+    """One LM head application for several (inputs, weights, positions) gives each one's logits."""
+    model, split, full = split_and_full(arch)
+    passages, edits = padded_batch(seed=4), padded_batch(seed=5, lengths=(6, 8), n_labelled=2)
+    edited = shifted(detached_edit_params(split))
+    for forward in (split, full):
+        a, b = forward.prepare(passages), forward.prepare(edits)
+        requests = [(a, None, None), (a, edited, None), (b, edited, b.targets.where)]
+        for together, (inputs, params, where) in zip(forward.logits_many(requests), requests):
+            torch.testing.assert_close(together, forward.logits(inputs, params, where), rtol=0, atol=1e-10)
+
+
 def test_targets_are_the_labelled_next_tokens():
     """Position t is marked when label t+1 is set; tokens and rows follow row-major order."""
     labels = torch.tensor([[IGNORE, IGNORE, 5, 6], [IGNORE, 8, IGNORE, IGNORE]])
