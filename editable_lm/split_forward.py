@@ -161,16 +161,17 @@ class SplitForward:
         return self._few_logits(self.norm(hidden[where]))
 
     def _few_logits(self, hidden: Tensor) -> Tensor:
-        """The LM head on a few rows [N, D]. MKL's kernels for `hidden @ W.T` with a small N run ~8x below
-        `W @ hidden.T` on this hardware, and so does their backward: a frozen head (the evaluated models,
-        training with `outer_blocks` > 0) takes the fast layouts, with a cached contiguous transpose."""
+        """The LM head on a few rows [N, D]. On this hardware MKL computes `hidden @ W.T` for a small N up to
+        ~8x slower than `W @ hidden.T`, and its backward `grad @ W` ~4x slower than `W.T @ grad.T` from a
+        contiguous W.T: a frozen head (the evaluated models; training with `outer_blocks` > 0) takes those
+        layouts, with W.T cached per weight version. A trained head keeps the module."""
         weight, bias = self.head.weight, getattr(self.head, "bias", None)
         if weight.requires_grad or bias is not None or hidden.dim() != 2:
             return self.head(hidden)
         version = (weight.data_ptr(), weight._version, weight.dtype)
         if self._head_t is None or self._head_t[0] != version:
             self._head_t = version, weight.detach().T.contiguous()
-        return _FrozenHead.apply(hidden, weight.detach(), self._head_t[1])
+        return _FrozenProduct.apply(hidden, weight.detach(), self._head_t[1])
 
     def logits_many(self, requests: list[tuple[Prepared, Mapping[str, Tensor] | None, Tensor | None]]) -> list[Tensor]:
         """`logits(inputs, params, where)` for each request. On the split path the LM head runs once over the
@@ -230,33 +231,20 @@ class SplitForward:
         return self.logits(inputs, params, inputs.targets.where)
 
 
-class _FrozenHead(torch.autograd.Function):
-    """rows [N, D] -> rows @ W.T [N, V] for a frozen W, computed as (W @ rows.T).T; its backward is
-    `_FrozenHeadT`, whose backward is this again, so MAML's inner loop can differentiate through it."""
+class _FrozenProduct(torch.autograd.Function):
+    """rows [N, K] -> rows @ M.T [N, J] for a frozen M [J, K], computed as (M @ rows.T).T; `m_t` is M.T kept
+    contiguous. The backward is the same product with M and M.T swapped, so it differentiates to any order
+    (MAML's inner loop differentiates through the LM head's backward)."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, weight: Tensor, weight_t: Tensor) -> Tensor:
-        ctx.save_for_backward(weight, weight_t)
-        return (weight @ rows.T).T.contiguous()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        weight, weight_t = ctx.saved_tensors
-        return _FrozenHeadT.apply(grad, weight, weight_t), None, None
-
-
-class _FrozenHeadT(torch.autograd.Function):
-    """grad [N, V] -> grad @ W [N, D] for a frozen W, computed as (W.T @ grad.T).T from W.T kept contiguous."""
-
-    @staticmethod
-    def forward(ctx, grad: Tensor, weight: Tensor, weight_t: Tensor) -> Tensor:
-        ctx.save_for_backward(weight, weight_t)
-        return (weight_t @ grad.T).T.contiguous()
+    def forward(ctx, rows: Tensor, m: Tensor, m_t: Tensor) -> Tensor:
+        ctx.save_for_backward(m, m_t)
+        return (m @ rows.T).T.contiguous()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        weight, weight_t = ctx.saved_tensors
-        return _FrozenHead.apply(grad, weight, weight_t), None, None
+        m, m_t = ctx.saved_tensors
+        return _FrozenProduct.apply(grad, m_t, m), None, None
 
 
 def _block_index(prefix: str, name: str) -> int | None:
