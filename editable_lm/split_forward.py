@@ -151,14 +151,25 @@ class SplitForward:
 
     def logits(self, inputs: Prepared, params: Mapping[str, Tensor] | None = None, where: Tensor | None = None) -> Tensor:
         """Logits [B, T, V], or [N, V] at the positions `where` [B, T] marks, with `params` swapped in."""
+        return self.logits_many([(inputs, params, where)])[0]
+
+    def logits_many(self, requests: list[tuple[Prepared, Mapping[str, Tensor] | None, Tensor | None]]) -> list[Tensor]:
+        """`logits(inputs, params, where)` for each request. On the split path the LM head runs once over the
+        rows of all of them: when it trains, each application adds a dense vocabulary-sized weight gradient."""
         if not self.split:
-            logits = self._full_logits(inputs, params)
-            return logits if where is None else logits[where]
-        hidden = self._upper(inputs, params)
-        if where is None:
-            return self.head(self.norm(hidden))
-        # [N, D]: the LM head costs as much as several blocks per position
-        return self._few_logits(self.norm(hidden[where]))
+            full = [self._full_logits(inputs, params) for inputs, params, _ in requests]
+            return [logits if where is None else logits[where] for logits, (_, _, where) in zip(full, requests)]
+        rows, shapes = [], []
+        for inputs, params, where in requests:
+            hidden = self._upper(inputs, params)
+            shapes.append(hidden.shape[:-1] if where is None else None)
+            # [N, D] at labelled positions: the LM head costs as much as several blocks per position
+            rows.append(hidden.flatten(0, 1) if where is None else hidden[where])
+        hidden = self.norm(torch.cat(rows))
+        few = all(shape is None for shape in shapes)  # only labelled positions: a handful of rows
+        logits = self._few_logits(hidden) if few else self.head(hidden)
+        pieces = logits.split([len(r) for r in rows])
+        return [piece if shape is None else piece.view(*shape, -1) for piece, shape in zip(pieces, shapes)]
 
     def _few_logits(self, hidden: Tensor) -> Tensor:
         """The LM head on a few rows [N, D]. On this hardware MKL computes `hidden @ W.T` for a small N up to
@@ -166,26 +177,12 @@ class SplitForward:
         contiguous W.T: a frozen head (the evaluated models; training with `outer_blocks` > 0) takes those
         layouts, with W.T cached per weight version. A trained head keeps the module."""
         weight, bias = self.head.weight, getattr(self.head, "bias", None)
-        if weight.requires_grad or bias is not None or hidden.dim() != 2:
+        if weight.requires_grad or bias is not None:
             return self.head(hidden)
         version = (weight.data_ptr(), weight._version, weight.dtype)
         if self._head_t is None or self._head_t[0] != version:
             self._head_t = version, weight.detach().T.contiguous()
         return _FrozenProduct.apply(hidden, weight.detach(), self._head_t[1])
-
-    def logits_many(self, requests: list[tuple[Prepared, Mapping[str, Tensor] | None, Tensor | None]]) -> list[Tensor]:
-        """`logits(inputs, params, where)` for each request. On the split path the LM head runs once over the
-        rows of all of them: when it trains, each application adds a dense vocabulary-sized weight gradient."""
-        if not self.split:
-            return [self.logits(inputs, params, where) for inputs, params, where in requests]
-        rows, shapes = [], []
-        for inputs, params, where in requests:
-            hidden = self._upper(inputs, params)
-            shapes.append(hidden.shape[:-1] if where is None else None)
-            rows.append(hidden.flatten(0, 1) if where is None else hidden[where])
-        logits = self.head(self.norm(torch.cat(rows)))
-        pieces = logits.split([len(r) for r in rows])
-        return [piece if shape is None else piece.view(*shape, -1) for piece, shape in zip(pieces, shapes)]
 
     def logits_in_chunks(
         self, inputs: Prepared, params: Mapping[str, Tensor] | None = None, tokens: int = 128
