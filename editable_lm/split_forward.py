@@ -118,19 +118,32 @@ class SplitForward:
 
     def prepare(self, batch: Batch) -> Prepared:
         """Run the blocks below `start` once (on the split path) and keep their output."""
-        targets = Targets.of(batch["labels"])
+        return self.prepare_many([batch])[0]
+
+    def prepare_many(self, batches: list[Batch]) -> list[Prepared]:
+        """`prepare` for each batch, their tokens embedded in one lookup: when the embeddings train, the
+        lookup's backward builds a dense vocabulary-sized gradient, once instead of once per batch."""
         if not self.split:
-            return Prepared(batch, targets)
+            return [Prepared(batch, Targets.of(batch["labels"])) for batch in batches]
         depth = min(self.shared.depth, self.start) if self.shared else 0
         cache = self.shared.outputs if depth else {}  # below `depth` every model gives the same output
-        key = SharedLower.key(batch)
-        if key not in cache:
-            cache[key] = self._block_input(batch, depth)
-        hidden, args, kwargs = cache[key]
-        return Prepared(batch, targets, self._run_blocks(hidden, args, kwargs, depth, self.start), args, kwargs)
+        keys = [SharedLower.key(batch) for batch in batches]
+        todo = {key: batch for key, batch in zip(keys, batches) if key not in cache}
+        if todo:
+            ids = [batch["input_ids"] for batch in todo.values()]
+            embedded = self.model.get_input_embeddings()(torch.cat([i.flatten() for i in ids]))
+            for (key, batch), embeds in zip(todo.items(), embedded.split([i.numel() for i in ids])):
+                cache[key] = self._block_input(batch, depth, embeds.view(*batch["input_ids"].shape, -1))
+        prepared = []
+        for key, batch in zip(keys, batches):
+            hidden, args, kwargs = cache[key]
+            hidden = self._run_blocks(hidden, args, kwargs, depth, self.start)
+            prepared.append(Prepared(batch, Targets.of(batch["labels"]), hidden, args, kwargs))
+        return prepared
 
-    def _block_input(self, batch: Batch, index: int) -> tuple[Tensor, tuple, dict]:
-        """What block `index` receives when the model runs on `batch`: hidden states, other args, kwargs."""
+    def _block_input(self, batch: Batch, index: int, embeds: Tensor) -> tuple[Tensor, tuple, dict]:
+        """What block `index` receives when the model runs on `batch` with token embeddings `embeds`:
+        hidden states, other args, kwargs."""
         captured = {}
 
         def stop(module, args, kwargs):
@@ -140,7 +153,7 @@ class SplitForward:
         handle = self.blocks[index].register_forward_pre_hook(stop, with_kwargs=True)
         try:
             # No cache: the captured arguments are replayed for every upper-block run.
-            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            self.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)
         except _Stop:
             pass
         finally:

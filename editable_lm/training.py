@@ -81,10 +81,10 @@ def editable_losses(
 
     base: LM loss of the unedited model on the passages; edit: edit loss after the inner
     loop; locality: KL(pre || post) on the passages, the pre-edit distribution held fixed.
-    The blocks below the edit run once per input (`SplitForward.prepare`); their graph is
+    The blocks below the edit run once per input (`SplitForward.prepare_many`); their graph is
     shared by every pass above them, so the outer gradient still reaches trained lower blocks.
     """
-    passages, edits = model.prepare(passages), model.prepare(edits)
+    passages, edits = model.prepare_many([passages, edits])
     start = {name: model.model.get_parameter(name) for name in model.names}
     edited = apply_edit(model, start, edits, inner_lr, params.inner_steps, create_graph=not params.first_order)
     pre_logits, post_logits, edit_logits = model.logits_many(

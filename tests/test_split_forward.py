@@ -122,6 +122,29 @@ def test_logits_of_several_inputs_at_once(arch):
             torch.testing.assert_close(together, forward.logits(inputs, params, where), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("arch", BUILDERS)
+def test_inputs_prepared_together_share_one_embedding_lookup(arch):
+    """`prepare_many` embeds all batches' tokens in one lookup (one dense embedding gradient when the
+    embeddings train) and gives each batch what `prepare` gives it, values and embedding gradients alike."""
+    model, split, _ = split_and_full(arch)
+    passages, edits = padded_batch(seed=4), padded_batch(seed=5, lengths=(6, 8), n_labelled=2)
+    lookups = []
+    model.get_input_embeddings().register_forward_hook(lambda *_: lookups.append(1))
+    embedding = model.get_input_embeddings().weight
+
+    def embedding_grad(prepared):
+        loss = sum(split.logits(inputs).square().mean() for inputs in prepared)
+        return torch.autograd.grad(loss, embedding)[0]
+
+    together = split.prepare_many([passages, edits])
+    assert len(lookups) == 1
+    alone = [split.prepare(passages), split.prepare(edits)]
+    assert len(lookups) == 3
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a.hidden, b.hidden, rtol=0, atol=0)
+    torch.testing.assert_close(embedding_grad(together), embedding_grad(alone), rtol=0, atol=1e-12)
+
+
 def test_targets_are_the_labelled_next_tokens():
     """Position t is marked when label t+1 is set; tokens and rows follow row-major order."""
     labels = torch.tensor([[IGNORE, IGNORE, 5, 6], [IGNORE, 8, IGNORE, IGNORE]])
