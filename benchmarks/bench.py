@@ -30,7 +30,6 @@ import higher
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from editable_lm.cli import keep_freed_memory
 from editable_lm.corpus import load_passages
 from editable_lm.editing import IGNORE, collate, kl_divergence, lm_loss
 from editable_lm.evaluation import evaluate_edits, procedures, reference
@@ -180,8 +179,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
     parser.add_argument("--edits", type=int, default=12, help="edits timed per procedure and path (default 12)")
     args = parser.parse_args()
-    kept = keep_freed_memory()  # as every stage does
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, freed memory kept for reuse: {kept}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     times = median_times(distilgpt2_steps(), args.rounds)
     print("\n## distilGPT-2 shape (median seconds per step)\n\n| step | s | x plain step |\n|---|---|---|")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import sys
 from typing import Callable
 
@@ -29,27 +27,8 @@ def stage_args(
     return load_params(args.params, complete=complete), args
 
 
-def keep_freed_memory() -> bool:
-    """Have glibc serve every allocation from its heap and keep freed memory there for reuse; False where
-    there is no glibc `mallopt`.
-
-    By default glibc maps each block over 32 MB fresh from the kernel and unmaps it when freed. A 49k-word
-    LM head makes such blocks all the time (logits, vocabulary-sized gradients), and each one then pays a
-    page fault per 4 KB page on first touch: zero-filling a 154 MB tensor took 42 ms that way, 4 ms from
-    the heap. The process keeps its peak memory until it exits.
-    """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage (with `keep_freed_memory`); a user-facing error becomes one line on stderr and exit
-    status 1, Ctrl-C exit 130."""
-    keep_freed_memory()
+    """Run a stage; a user-facing error becomes one line on stderr and exit status 1, Ctrl-C exit 130."""
     try:
         main()
     except EditLMError as exc:
