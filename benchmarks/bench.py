@@ -7,7 +7,8 @@
    every weight of the top 3 blocks, one inner step, outer loss L_base + 10 KL + L_edit, every
    weight trained. Timed side by side, interleaved, median of `--rounds` rounds after a warm-up:
    a plain LM training step, this project's MAML step (split and full forward) and a MAML step
-   through `higher` (the original study's library).
+   through `higher` (the original study's library). In `--processes` fresh processes; the table
+   gives the median over them and each one's ratios.
 2. The default configuration (params.yaml: SmolLM2-135M, edit and training settings): seconds per
    MAML step, split and full; edit evaluations a minute with locality on
    `evaluate.n_ppl_passages` x `evaluate.seq_len` held-out tokens, for every edit procedure, over three
@@ -20,8 +21,11 @@ Prints figures and ratios; asserts nothing. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
+import subprocess
+import sys
 import time
 from copy import deepcopy
 from typing import Callable
@@ -174,19 +178,34 @@ def trained_copy(model, outer_blocks: int, seed: int):
     return copy
 
 
+def distilgpt2_in_processes(rounds: int, processes: int) -> list[dict[str, float]]:
+    """Part 1 in `processes` fresh processes, one after the other: on this machine a step's median moves
+    by 10-30% from one process to the next (memory layout), far more than between rounds of one process."""
+    command = [sys.executable, __file__, "--rounds", str(rounds), "--worker"]
+    return [json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]) for _ in range(processes)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes that time part 1 (default 3)")
     parser.add_argument("--edits", type=int, default=12, help="edits timed per procedure and path (default 12)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process of part 1: JSON out
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(median_times(distilgpt2_steps(), args.rounds)))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    times = median_times(distilgpt2_steps(), args.rounds)
-    print("\n## distilGPT-2 shape (median seconds per step)\n\n| step | s | x plain step |\n|---|---|---|")
-    for name, seconds in times.items():
-        print(f"| {name} | {seconds:.3f} | {seconds / times['plain LM step']:.2f} |")
-    ours = times["MAML, split (ours)"]
-    print(f"\nhigher / ours: {times['MAML, higher'] / ours:.2f}x; full / ours: {times['MAML, full model'] / ours:.2f}x")
+    runs = distilgpt2_in_processes(args.rounds, args.processes)
+    print(f"\n## distilGPT-2 shape (seconds per step: median over {len(runs)} processes of each one's median)\n")
+    print("| step | s | x plain step | x plain step, each process |\n|---|---|---|---|")
+    for name in runs[0]:
+        ratios = [run[name] / run["plain LM step"] for run in runs]
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"| {name} | {statistics.median(run[name] for run in runs):.3f} | {statistics.median(ratios):.2f} | {each} |")
+    higher = [run["MAML, higher"] / run["MAML, split (ours)"] for run in runs]
+    print(f"\nhigher / ours: {statistics.median(higher):.2f}x (each process: {', '.join(f'{r:.2f}' for r in higher)})")
 
     print("\n## Default configuration (params.yaml)\n\n| figure | split | full | split / full |\n|---|---|---|---|")
     for name, split, full in default_config(args.rounds, args.edits):
