@@ -182,7 +182,8 @@ def distilgpt2_in_processes(rounds: int, processes: int) -> list[dict[str, float
     """Part 1 in `processes` fresh processes, one after the other: on this machine a step's median moves
     by 10-30% from one process to the next (memory layout), far more than between rounds of one process."""
     command = [sys.executable, __file__, "--rounds", str(rounds), "--worker"]
-    return [json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]) for _ in range(processes)]
+    runs = [subprocess.run(command, capture_output=True, text=True, check=True) for _ in range(processes)]
+    return [json.loads(run.stdout.splitlines()[-1]) for run in runs]  # the worker's last line: its times
 
 
 def main() -> None:
