@@ -62,9 +62,18 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(upcast(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
-def target_loss(logits: Tensor, targets: Targets) -> Tensor:
-    """Mean cross-entropy from logits [N, V] at the labelled positions (`SplitForward.target_logits`)."""
-    return F.cross_entropy(upcast(logits), targets.tokens)
+def target_loss(logits: Tensor, targets: Targets, per_edit: bool = False) -> Tensor:
+    """Mean cross-entropy from logits [N, V] at the labelled positions (`SplitForward.target_logits`).
+
+    With `per_edit`, the sum over the batch's edits of each edit's mean: a batch of edits then
+    pulls on each edit as hard as that edit alone would, however many edits share the batch.
+    """
+    if not per_edit:
+        return F.cross_entropy(upcast(logits), targets.tokens)
+    losses = F.cross_entropy(upcast(logits), targets.tokens, reduction="none")
+    sums = losses.new_zeros(targets.n_rows).index_add(0, targets.rows, losses)
+    counts = losses.new_zeros(targets.n_rows).index_add(0, targets.rows, torch.ones_like(losses))
+    return (sums / counts.clamp(min=1)).sum()
 
 
 def kl_divergence(pre_logits: Tensor, post_logits: Tensor, attention_mask: Tensor) -> Tensor:
@@ -83,6 +92,7 @@ def edit_step(
     lr: float | Mapping[str, Tensor],
     create_graph: bool,
     penalty: Penalty | None = None,
+    per_edit: bool = False,
 ) -> dict[str, Tensor]:
     """One SGD step on the edit loss (plus `penalty(params)` if given): returns new parameters.
 
@@ -90,7 +100,7 @@ def edit_step(
     (second-order MAML); without it the gradient is a constant and the outer gradient is
     first order.
     """
-    loss = target_loss(model.target_logits(edit, params), edit.targets)
+    loss = target_loss(model.target_logits(edit, params), edit.targets, per_edit)
     if penalty is not None:
         loss = loss + penalty(params)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
@@ -109,10 +119,11 @@ def apply_edit(
     steps: int,
     create_graph: bool = False,
     penalty: Penalty | None = None,
+    per_edit: bool = False,
 ) -> dict[str, Tensor]:
-    """`steps` SGD steps on the edit loss over `params` only (the inner loop)."""
+    """`steps` SGD steps on the edit loss over `params` only (the inner loop); `per_edit`: see `target_loss`."""
     for _ in range(steps):
-        params = edit_step(model, params, edit, lr, create_graph, penalty)
+        params = edit_step(model, params, edit, lr, create_graph, penalty, per_edit)
     return params
 
 
