@@ -11,13 +11,14 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from editable_lm.editing import apply_edit, collate, detached_edit_params, encode_edit, label_logprobs
+from editable_lm.fluency import generate, mean_ngram_entropy
 from editable_lm.metrics import edit_success, perplexity, relative_drawdown, sequence_logprob
 from editable_lm.models import device, edit_learning_rates, load_for_editing
 from editable_lm.params import EditParams
@@ -27,9 +28,16 @@ from editable_lm.training import encode_edits, encode_passages
 MODELS = ("base", "finetuned", "editable")  # the three models every evaluation stage compares
 
 # Per-edit metrics of `measure_edit`; rates and means are summarised with bootstrap intervals.
+# CounterFact's names: efficacy = counterfactual_success, paraphrase = generality, neighbourhood = 1 - leakage.
 EDIT_METRICS = (
-    "edit_success", "counterfactual_success", "generality", "leakage", "logp_new_pre", "logp_new_post",
-    "ppl_drawdown", "kl", "top1_agreement", "edit_steps", "steps_to_success", "sec_per_edit",
+    "edit_success", "counterfactual_success", "generality", "leakage", "neighbourhood", "logp_new_pre",
+    "logp_new_post", "ppl_drawdown", "ppl_post", "kl", "top1_agreement", "fluency", "edit_steps",
+    "steps_to_success", "sec_per_edit",
+)
+# What a model wins or loses by on the same edits: every one gets a paired difference.
+COMPARED_METRICS = (
+    "edit_success", "counterfactual_success", "generality", "leakage", "neighbourhood", "ppl_drawdown", "ppl_post",
+    "kl", "top1_agreement", "fluency",
 )
 
 
@@ -77,6 +85,23 @@ class Procedure:
     kl_weight: float = 0.0
     locality: Reference | None = None
     until_success: bool = False
+    per_edit: bool = False  # a batch's loss: the sum of each edit's mean (`target_loss`), not one mean over all tokens
+
+
+@dataclass(frozen=True)
+class Fluency:
+    """ROME's fluency: the n-gram entropy of greedy generations from a fixed set of prompts."""
+
+    prompts: tuple[str, ...]
+    max_new_tokens: int
+
+    def __call__(self, model: SplitForward, tokenizer, weights: Mapping[str, Tensor] | None = None) -> float:
+        return mean_ngram_entropy(generate(model.model, tokenizer, list(self.prompts), self.max_new_tokens, weights))
+
+
+def fluency_prompts(passages: list[dict], words: int = 8) -> tuple[str, ...]:
+    """The first `words` words of each passage: prompts to generate from, the same for every edit and model."""
+    return tuple(" ".join(passage["text"].split()[:words]) for passage in passages)
 
 
 def predict(model: SplitForward, inputs: Prepared, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -108,8 +133,10 @@ def locality(model: SplitForward, ref: Reference, params: Mapping[str, Tensor], 
         agree += same.sum().item()
     tokens = batch["attention_mask"].sum().item()
     mean_nll = nll / labelled
-    return {  # an edit can wreck the model: past exp's range, perplexity is infinite
-        "ppl_drawdown": relative_drawdown(ref.ppl, math.exp(mean_nll) if mean_nll < 700 else math.inf),
+    ppl = math.exp(mean_nll) if mean_nll < 700 else math.inf  # an edit can wreck the model: past exp's range
+    return {
+        "ppl_drawdown": relative_drawdown(ref.ppl, ppl),
+        "ppl_post": ppl,  # absolute: a model made worse before any edit can look local relative to itself
         "kl": kl / tokens,
         "top1_agreement": agree / tokens,
     }
@@ -135,7 +162,7 @@ def edit_with_steps(
         penalty = lambda params: procedure.kl_weight * loc.mean_kl(predict(model, loc.inputs, params))  # noqa: E731
     if not procedure.until_success:
         with torch.enable_grad():
-            edited = apply_edit(model, params, edit, procedure.lr, procedure.steps, penalty=penalty)
+            edited = apply_edit(model, params, edit, procedure.lr, procedure.steps, penalty=penalty, per_edit=procedure.per_edit)
         return {name: value.detach() for name, value in edited.items()}, procedure.steps
     for step in range(procedure.steps + 1):
         with torch.no_grad():
@@ -143,7 +170,7 @@ def edit_with_steps(
         if holds or step == procedure.steps:
             return {name: value.detach() for name, value in params.items()}, step
         with torch.enable_grad():
-            params = apply_edit(model, params, edit, procedure.lr, 1, penalty=penalty)
+            params = apply_edit(model, params, edit, procedure.lr, 1, penalty=penalty, per_edit=procedure.per_edit)
         params = {name: value.detach().requires_grad_(True) for name, value in params.items()}
     raise AssertionError("unreachable")
 
@@ -177,11 +204,13 @@ def measure_edit(
     procedures: list[Procedure],
     ref: Reference,
     max_len: int,
+    fluency: Fluency | None = None,
 ) -> list[dict]:
     """Make one edit from the unedited weights with each procedure and measure everything about it.
 
     Counterfactual: the edit's own prefix; generality: other sentences naming the person;
-    leakage: sentences about other people, where the new name should not start to win.
+    leakage: sentences about other people, where the new name should not start to win;
+    fluency (if given): of generations from its prompts after the edit.
     The inputs are prepared once and shared by the procedures: one row each. Procedures that end
     on the same weights (edit-until-success stopping at the fixed step count) share their measurement.
     """
@@ -201,9 +230,11 @@ def measure_edit(
             "counterfactual_success": float(wins[0].item()),
             "generality": wins[1 : 1 + len(general)].float().mean().item() if general else None,
             "leakage": leaked.float().mean().item() if leaks else None,
+            "neighbourhood": 1.0 - leaked.float().mean().item() if leaks else None,
             "logp_new_pre": logp_new_pre,
             "logp_new_post": sequence_logprob(new_logits, new.targets).item(),
             **locality(model, ref, edited),
+            "fluency": fluency(model, tokenizer, edited) if fluency else None,
         }
 
     measured: list[tuple[dict[str, Tensor], dict]] = []
@@ -238,17 +269,21 @@ def evaluate_edits(
     n_leak_probes: int = 0,
     seed: int = 0,
     label: str = "",
+    fluency: Fluency | None = None,
+    n_fluency_edits: int = 0,
 ) -> list[dict]:
     """`measure_edit` for each pair and procedure, each from the unedited weights: a row per (pair, procedure).
 
-    Leakage probes for an edit are `n_leak_probes` other pairs from other articles (seeded).
+    Leakage probes for an edit are `n_leak_probes` other pairs from other articles (seeded);
+    fluency is measured on the first `n_fluency_edits` pairs (generation is slow).
     """
     rng = random.Random(seed)
     rows = []
-    for pair in tqdm(pairs, desc=label or None, unit="edit"):
+    for index, pair in enumerate(tqdm(pairs, desc=label or None, unit="edit")):
         others = [p for p in pairs if p["article_id"] != pair["article_id"]]
         leak_pairs = rng.sample(others, min(n_leak_probes, len(others)))
-        rows += measure_edit(model, tokenizer, pair, leak_pairs, procedures, ref, max_len)
+        measured_fluency = fluency if index < n_fluency_edits else None
+        rows += measure_edit(model, tokenizer, pair, leak_pairs, procedures, ref, max_len, measured_fluency)
     return rows
 
 
@@ -281,13 +316,19 @@ def sequential_edits(
 def batched_edits(
     model: SplitForward, tokenizer, pairs: list[dict], procedure: Procedure, ref: Reference, max_len: int, batch_size: int
 ) -> list[dict]:
-    """Edits made `batch_size` at a time, one gradient step sequence on their joint loss, from the unedited weights."""
+    """Edits made `batch_size` at a time, one gradient step sequence on their joint loss, from the unedited weights.
+
+    A row per batch: the fraction of its edits that succeed, and what the batch did to the passages.
+    Fair batches need `procedure.per_edit` (each edit pulls as hard as it would alone) and their own
+    tuned lr and steps (`tune_batches`).
+    """
     rows = []
     for start in range(0, len(pairs), batch_size):
         batch = model.prepare(encode_edits(pairs[start : start + batch_size], tokenizer, max_len))
         params = edit_model(model, batch, procedure)
         success = edit_success(model.target_logits(batch, params), batch.targets).float().mean().item()
-        rows.append({"batch": start // batch_size, "edit_success": success, **locality(model, ref, params)})
+        rows.append({"batch_size": batch_size, "batch": start // batch_size, "edit_success": success,
+                     **locality(model, ref, params)})
     return rows
 
 
@@ -296,9 +337,15 @@ def without_probes(pairs: list[dict]) -> list[dict]:
     return [{**pair, "probes": []} for pair in pairs]
 
 
-def strength_grid(lrs, steps, lr_for) -> list[Procedure]:
+def strength_grid(lrs, steps, lr_for, per_edit: bool = False) -> list[Procedure]:
     """Plain FT edits at every (lr, steps), named `lr=<lr>,steps=<steps>`; `lr_for(lr)` gives per-tensor rates."""
-    return [Procedure(f"lr={lr:g},steps={n}", lr_for(lr), n) for lr in lrs for n in steps]
+    return [Procedure(f"lr={lr:g},steps={n}", lr_for(lr), n, per_edit=per_edit) for lr in lrs for n in steps]
+
+
+def setting_of(name: str) -> dict[str, float]:
+    """`lr=<lr>,steps=<steps>` (a `strength_grid` name) as {"lr": ..., "steps": ...}."""
+    fields = dict(part.split("=") for part in name.split(","))
+    return {"lr": float(fields["lr"]), "steps": int(fields["steps"])}
 
 
 def best_setting(summary: dict[str, dict], target: float) -> str:

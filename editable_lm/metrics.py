@@ -55,7 +55,7 @@ def paired_bootstrap(a, b, n_resamples: int = 1000, seed: int = 0, level: float 
 
 # A strong edit can blow perplexity up by orders of magnitude on a few edits; their mean then says
 # little about the typical edit, so these also get a median.
-HEAVY_TAILED = ("ppl_drawdown", "kl")
+HEAVY_TAILED = ("ppl_drawdown", "ppl_post", "kl")
 
 
 def summarize(rows: list[dict], keys: tuple[str, ...], n_bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
@@ -92,15 +92,36 @@ def paired_differences(
     rows: list[dict], comparisons: list[tuple[str, str]], keys: tuple[str, ...], n_bootstrap: int, seed: int = 0
 ) -> dict[str, dict]:
     """For each (a, b) in `comparisons` and each procedure: `paired_bootstrap` of model a - model b per key,
-    over the edits (`edit_id`) both were measured on with that procedure."""
+    over the edits (`edit_id`) both were measured on with that procedure and where both have the key
+    (not None: generality needs probes, fluency is measured on a subset); a key no edit has is left out."""
     index = {(r["model"], r["procedure"], r["edit_id"]): r for r in rows}
     out: dict[str, dict] = {}
     for a, b in comparisons:
         for procedure in dict.fromkeys(r["procedure"] for r in rows if r["model"] == a):
             ids = [i for (m, p, i) in index if m == a and p == procedure and (b, p, i) in index]
-            out.setdefault(f"{a}-{b}", {})[procedure] = {
-                key: paired_bootstrap([index[a, procedure, i][key] for i in ids], [index[b, procedure, i][key] for i in ids],
-                                      n_bootstrap, seed)
-                for key in keys
-            }
+            differences = {}
+            for key in keys:
+                both = [(index[a, procedure, i].get(key), index[b, procedure, i].get(key)) for i in ids]
+                both = [(x, y) for x, y in both if x is not None and y is not None]
+                if both:
+                    differences[key] = paired_bootstrap([x for x, _ in both], [y for _, y in both], n_bootstrap, seed)
+            out.setdefault(f"{a}-{b}", {})[procedure] = differences
+    return out
+
+
+def headline(summary: dict, models: tuple[str, ...], keys: tuple[str, ...], comparisons: tuple[str, ...]) -> dict:
+    """The few numbers `dvc metrics show` should print: each model's unedited figures and, per procedure, the means
+    of `keys`; the mean paired difference of each comparison (`a-b`). Bounds and the rest stay in `summary`."""
+    out = {}
+    for label in models:
+        model = summary[label]
+        out[label] = {key: value for key, value in model.items() if key.endswith("_unedited")}
+        for procedure, figures in model.items():
+            if isinstance(figures, dict):
+                out[label][procedure] = {key: figures[key] for key in keys if key in figures}
+    for comparison in comparisons:
+        out[comparison] = {
+            procedure: {key: d[key]["mean"] for key in keys if key in d}
+            for procedure, d in summary["differences"][comparison].items()
+        }
     return out

@@ -155,31 +155,38 @@ class ReliabilityParams(Section):
     n_edits: Int = AtLeast(30, 1)
     n_leak_probes: Int = AtLeast(5, 0)  # sentences about other people checked for the new name
     n_bootstrap: Int = AtLeast(1000, 10)
+    n_fluency_edits: Int = AtLeast(8, 0)  # fluency (n-gram entropy of generations) after the first N edits
+    n_fluency_prompts: Int = AtLeast(3, 1)  # held-out test passages whose first words are the prompts
+    fluency_tokens: Int = AtLeast(40, 4)  # greedy tokens generated per prompt
 
 
 class TuneParams(Section):
-    """Each model's edit learning rate, chosen on validation edits among `sweep.lrs` at `evaluate.edit_steps`."""
+    """Each model's edit learning rate, chosen on validation edits among `sweep.lrs` at `evaluate.edit_steps`,
+    and its batched-edit lr and steps among `sweep.lrs` x `batch_steps`, on batches of `batch_size`."""
 
     n_edits: Int = AtLeast(30, 1)  # validation edits
     n_ppl_passages: Int = AtLeast(4, 1)  # validation passages for the drawdown
     target_success: Float = Field(0.95, ge=0, le=1)  # lowest drawdown among lrs reaching this success, else best success
+    batch_size: Int = AtLeast(10, 1)  # batched edits are tuned on batches of this size
+    batch_steps: tuple[Annotated[Int, Field(ge=1)], ...] = Field((2, 5), min_length=1)
 
 
 class SweepParams(Section):
-    """Edit strength: every (lr, steps) pair, to compare drawdown at matched success."""
+    """Edit strength: every (lr, steps) pair, to compare drawdown at matched success; the matched setting
+    is chosen on as many validation edits and passages, then read on the test ones."""
 
     n_edits: Int = AtLeast(10, 1)
-    n_ppl_passages: Int = AtLeast(4, 1)  # held-out test passages for the drawdown (a grid point costs one locality pass)
+    n_ppl_passages: Int = AtLeast(4, 1)  # passages for the drawdown (a grid point costs one locality pass)
     lrs: tuple[Annotated[Float, Field(ge=0, allow_inf_nan=False)], ...] = Field((0.01, 0.03, 0.1), min_length=1)
     steps: tuple[Annotated[Int, Field(ge=1)], ...] = Field((1, 2), min_length=1)
 
 
 class SequentialParams(Section):
-    """Many edits: one after another without resetting, and all at once in batches."""
+    """Many edits: one after another without resetting, and together in batches of each size."""
 
     n_edits: Int = AtLeast(100, 1)
-    batch_size: Int = AtLeast(10, 1)
-    n_batches: Int = AtLeast(4, 1)  # batched edits use the first batch_size * n_batches of the edits
+    batch_sizes: tuple[Annotated[Int, Field(ge=1)], ...] = Field((1, 2, 5, 10, 20), min_length=1)
+    n_batched: Int = AtLeast(20, 1)  # batched edits use the first n_batched of the edits, for every batch size
 
 
 class Params(Section):

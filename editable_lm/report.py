@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -13,8 +14,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 from editable_lm.evaluation import MODELS  # noqa: E402
 from editable_lm.storage import atomic_path  # noqa: E402
 
-RATES = ("edit_success", "counterfactual_success", "generality", "leakage", "top1_agreement")
-TABLE = RATES + ("ppl_drawdown", "ppl_drawdown_median", "kl", "logp_new_pre", "logp_new_post", "steps_to_success", "sec_per_edit")
+RATES = ("edit_success", "counterfactual_success", "generality", "neighbourhood", "top1_agreement")
+TABLE = RATES + ("ppl_drawdown", "ppl_drawdown_median", "ppl_post", "kl", "fluency", "steps_to_success", "sec_per_edit")
+
+# Each compared metric: what it is called here and in CounterFact/ROME, and whether higher is better.
+METRICS = {
+    "edit_success": ("edit success", "", True),
+    "counterfactual_success": ("counterfactual success", "efficacy", True),
+    "generality": ("generality", "paraphrase", True),
+    "neighbourhood": ("neighbourhood (1 − leakage)", "", True),
+    "ppl_drawdown": ("perplexity drawdown", "", False),
+    "ppl_post": ("post-edit perplexity", "", False),
+    "kl": ("KL(pre || post)", "", False),
+    "top1_agreement": ("top-1 agreement", "", True),
+    "fluency": ("fluency (n-gram entropy)", "fluency", True),
+}
+PROCEDURE_NAMES = {"ft": "fixed-step edit", "ft_kl": "fixed-step edit with KL", "until_success": "edit until it holds"}
+
+DRAWDOWN_FLOOR, DRAWDOWN_CLIP = 1e-3, 1e2  # the tradeoff figure's axis: medians outside are counted, not plotted
 
 
 def with_interval(metrics: dict, key: str) -> str:
@@ -27,7 +44,7 @@ def with_interval(metrics: dict, key: str) -> str:
 
 
 def procedures_of(model_metrics: dict) -> dict[str, dict]:
-    """The per-procedure summaries of one model in evaluate.json (other keys, e.g. edit_lr, are scalars)."""
+    """The per-procedure summaries of one model in the evaluation details (other keys, e.g. edit_lr, are scalars)."""
     return {name: value for name, value in model_metrics.items() if isinstance(value, dict)}
 
 
@@ -37,60 +54,77 @@ def difference(d: dict, percent: bool = False) -> str:
     return f"{f(d['mean'])} [{f(d['low'])}, {f(d['high'])}]"
 
 
-def direction(d: dict, better: str, worse: str, lower_is_better: bool = False) -> str:
-    """What a paired interval says: `better`, `worse`, or no clear difference (the interval holds 0)."""
-    low, high = (-d["high"], -d["low"]) if lower_is_better else (d["low"], d["high"])
-    return better if low > 0 else worse if high < 0 else "no clearer difference than the interval allows"
+def direction(d: dict, higher_is_better: bool) -> str:
+    """What a paired interval says about model a against model b: wins, loses, or the interval holds 0."""
+    low, high = (d["low"], d["high"]) if higher_is_better else (-d["high"], -d["low"])
+    return "wins" if low > 0 else "loses" if high < 0 else "no clear difference"
+
+
+def metric_sentence(key: str, a: dict, b: dict, d: dict, names: tuple[str, str]) -> str:
+    """One verdict sentence: both means, the paired interval and what it says."""
+    label, field, higher = METRICS[key]
+    field = f" ({field})" if field else ""
+    outcome = direction(d, higher)
+    said = {"wins": f"the {names[0]} model is better", "loses": f"the {names[0]} model is worse",
+            "no clear difference": "the interval holds zero"}[outcome]
+    return (f"- **{label}{field}**: {a[key]:.3g} against {b[key]:.3g}, paired {difference(d)} over {d['n']} edits: "
+            f"{said}.")
+
+
+def outcomes(evaluate: dict, procedure: str, comparison: str = "editable-finetuned") -> dict[str, str]:
+    """metric -> wins / loses / no clear difference, for one comparison and procedure."""
+    diffs = evaluate["differences"][comparison][procedure]
+    return {key: direction(diffs[key], METRICS[key][2]) for key in METRICS if key in diffs}
 
 
 def verdict(evaluate: dict, sweep: dict) -> str:
-    """One paragraph answering the study's question from the measured numbers and their paired intervals."""
-    ft = {m: evaluate[m]["ft"] for m in MODELS}
-    diff = evaluate["differences"]["editable-finetuned"]["ft"]
-    matched = {m: sweep[m]["matched"] for m in MODELS}
-    at_match = sweep["differences"]["editable-finetuned"]["ppl_drawdown"]
-    target = sweep["target_success"]
-    reached = [m for m in MODELS if matched[m]["edit_success"] >= target]
-    return (
-        f"**Verdict.** On {evaluate['n_edits']} held-out test edits, one fixed-step edit (`ft`, each model at the "
-        f"learning rate chosen for it on validation edits) succeeds on {ft['editable']['edit_success']:.0%} of edits "
-        f"for the editable model, {ft['finetuned']['edit_success']:.0%} for the fine-tuned model and "
-        f"{ft['base']['edit_success']:.0%} for the base model (editable - fine-tuned, paired: "
-        f"{difference(diff['edit_success'], percent=True)}), with mean perplexity drawdown "
-        f"{ft['editable']['ppl_drawdown']:.3g} vs {ft['finetuned']['ppl_drawdown']:.3g} "
-        f"(medians {ft['editable']['ppl_drawdown_median']:.3g} vs {ft['finetuned']['ppl_drawdown_median']:.3g}; "
-        f"paired difference {difference(diff['ppl_drawdown'])}, median {diff['ppl_drawdown']['median']:+.3g}). "
-        f"In the strength sweep ({sweep['n_edits']} test edits), {len(reached)} of {len(MODELS)} models reach edit "
-        f"success >= {target:g} ({', '.join(reached) if reached else 'none'}); at each model's lowest-drawdown setting "
-        f"among those that do (else its most successful one) the editable model's drawdown is {matched['editable']['ppl_drawdown']:.3f} (success {matched['editable']['edit_success']:.0%}) "
-        f"against {matched['finetuned']['ppl_drawdown']:.3f} (success {matched['finetuned']['edit_success']:.0%}) "
-        f"for the fine-tuned model (difference {difference(at_match)}). "
-        f"So, on this data and budget, editable training makes a single edit "
-        f"{direction(diff['edit_success'], 'more reliable', 'less reliable')} and "
-        f"{direction(diff['ppl_drawdown'], 'more local', 'less local', lower_is_better=True)} than fine-tuning "
-        f"(95% paired bootstrap intervals)." + costs(evaluate)
-    )
+    """The study's question answered from the paired intervals: a sentence per metric, wins and losses alike."""
+    lines = [f"**Verdict** (editable − fine-tuned, paired over the same {evaluate['n_edits']} held-out test edits, "
+             "95% bootstrap intervals; each model edits at the rate tuned for it on validation edits)."]
+    for procedure in procedures_of(evaluate["editable"]):
+        diffs = evaluate["differences"]["editable-finetuned"].get(procedure)
+        if not diffs:
+            continue
+        a, b = evaluate["editable"][procedure], evaluate["finetuned"][procedure]
+        lines += ["", f"{PROCEDURE_NAMES.get(procedure, procedure).capitalize()} (`{procedure}`):", ""]
+        lines += [metric_sentence(key, a, b, diffs[key], ("editable", "fine-tuned")) for key in METRICS if key in diffs]
+    unedited = "Before any edit, perplexity on the locality tokens is " + ", ".join(
+        f"{finite(evaluate[m]['ppl_unedited'])} ({m})" for m in MODELS)
+    if all("fluency_unedited" in evaluate[m] for m in MODELS):
+        unedited += " and fluency " + ", ".join(f"{evaluate[m]['fluency_unedited']:.3g} ({m})" for m in MODELS)
+    lines += ["", unedited + "."]
+    matched = sweep["differences"]["editable-finetuned"]["ppl_drawdown"]
+    lines += ["", f"At matched success (the sweep's setting per model, chosen on {sweep['n_edits']} validation edits as the "
+              f"lowest drawdown with success >= {sweep['target_success']:g}, read on {sweep['n_edits']} test edits): "
+              f"drawdown {sweep['editable']['matched']['test']['ppl_drawdown']:.3g} (editable, success "
+              f"{sweep['editable']['matched']['test']['edit_success']:.0%}) against "
+              f"{sweep['finetuned']['matched']['test']['ppl_drawdown']:.3g} (fine-tuned, success "
+              f"{sweep['finetuned']['matched']['test']['edit_success']:.0%}), paired {difference(matched)}."]
+    lines += ["", selectively(outcomes(evaluate, "ft"))]
+    return "\n".join(lines)
 
 
-def costs(evaluate: dict) -> str:
-    """The verdict's last sentence: each model's own unedited perplexity and its edits' generality, where measured."""
-    parts = []
-    if all("ppl_unedited" in evaluate[m] for m in MODELS):
-        parts.append("unedited perplexity on the locality tokens is "
-                     + ", ".join(f"{evaluate[m]['ppl_unedited']:.3g} ({m})" for m in MODELS[::-1]))
-    if all("generality" in evaluate[m]["ft"] for m in MODELS):
-        parts.append("edits carry over to other sentences about the same person in "
-                     + ", ".join(f"{evaluate[m]['ft']['generality']:.0%} ({m})" for m in MODELS[::-1]) + " of probes")
-    return f" What it costs: {'; '.join(parts)}." if parts else ""
+def selectively(outcome: dict[str, str]) -> str:
+    """What "selectively editable" does and does not mean on this evidence."""
+    def said(keys):
+        return ", ".join(f"{METRICS[k][0]} ({outcome[k]})" for k in keys if k in outcome) or "not measured"
+
+    return ("What \"selectively\" means here: on text unrelated to the edit the editable model's fixed-step edits "
+            f"compare with the fine-tuned model's as follows: {said(('ppl_drawdown', 'ppl_post', 'kl', 'top1_agreement'))}; "
+            f"on sentences about other people: {said(('neighbourhood',))}; on other sentences about the same person: "
+            f"{said(('generality',))}; the edit itself: {said(('edit_success', 'counterfactual_success'))}; "
+            f"generated text: {said(('fluency',))}. A win on drawdown is relative to each model's own perplexity; "
+            "the post-edit perplexity row says which model is the better language model after the edit.")
 
 
 def differences_table(evaluate: dict) -> str:
     """Paired differences between models over the same edits, per procedure and metric."""
-    lines = ["| comparison | procedure | metric | mean [95% CI] | median |", "|---|---|---|---|---|"]
+    lines = ["| comparison | procedure | metric | mean [95% CI] | median | edits | says |", "|---|---|---|---|---|---|---|"]
     for comparison, per_procedure in evaluate["differences"].items():
         for procedure, metrics in per_procedure.items():
             for key, d in metrics.items():
-                lines.append(f"| {comparison} | {procedure} | {key} | {difference(d)} | {d['median']:+.3g} |")
+                outcome = direction(d, METRICS[key][2]) if key in METRICS else ""
+                lines.append(f"| {comparison} | {procedure} | {key} | {difference(d)} | {d['median']:+.3g} | {d['n']} | {outcome} |")
     return "\n".join(lines)
 
 
@@ -103,12 +137,24 @@ def reliability_table(evaluate: dict) -> str:
     return "\n".join(lines)
 
 
+def field_table(evaluate: dict) -> str:
+    """The papers' shape: a row per model (fixed-step edit), the field's column names."""
+    columns = [("edit success", "edit_success"), ("efficacy", "counterfactual_success"), ("paraphrase", "generality"),
+               ("neighbourhood", "neighbourhood"), ("drawdown", "ppl_drawdown"), ("fluency", "fluency"),
+               ("s / edit", "sec_per_edit")]
+    lines = ["| model | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for model in MODELS:
+        metrics = evaluate[model]["ft"]
+        lines.append(f"| {model} | " + " | ".join(with_interval(metrics, key) for _, key in columns) + " |")
+    return "\n".join(lines)
+
+
 def plot_reliability(evaluate: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(MODELS)
     for i, model in enumerate(MODELS):
         metrics = evaluate[model]["ft"]
-        keys = [k for k in RATES if k in metrics]
+        keys = [k for k in RATES if k in metrics and f"{k}_low" in metrics]
         x = [RATES.index(k) + i * width for k in keys]
         means = [metrics[k] for k in keys]
         errors = [[metrics[k] - metrics[f"{k}_low"] for k in keys], [metrics[f"{k}_high"] - metrics[k] for k in keys]]
@@ -122,18 +168,41 @@ def plot_reliability(evaluate: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_tradeoff(sweep: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model in MODELS:
-        rows = sorted((r for r in sweep if r["model"] == model), key=lambda r: r["ppl_drawdown"])
-        ax.plot([r["ppl_drawdown"] for r in rows], [r["edit_success"] for r in rows], "o-", label=model)
-        for r in rows:
-            ax.annotate(f"{r['lr']:g}x{int(r['steps'])}", (r["ppl_drawdown"], r["edit_success"]), fontsize=6)
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("perplexity drawdown (relative)")
-    ax.set_ylabel("edit success")
-    ax.set_title("Edit strength sweep (lr x steps)")
-    ax.legend()
+def plot_tradeoff(sweep_rows: list[dict], chosen: dict[str, str], path: Path) -> None:
+    """Per model, edit success against the median drawdown on test edits, one line per step count (points: lrs).
+
+    The drawdown axis is logarithmic between DRAWDOWN_FLOOR and DRAWDOWN_CLIP: a median at or below the floor
+    (untouched, or better than before) is drawn on the floor as a triangle; medians above the clip are counted
+    in the panel's title, not drawn. A star marks the setting chosen on validation edits (`chosen`).
+    """
+    rows = [r for r in sweep_rows if r.get("split", "test") == "test"]
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(4.2 * len(MODELS), 3.8), sharey=True)
+    for ax, model in zip(axes, MODELS):
+        mine = [r for r in rows if r["model"] == model]
+        beyond = 0
+        for steps in sorted({int(r["steps"]) for r in mine}):
+            line = sorted((r for r in mine if int(r["steps"]) == steps), key=lambda r: r["lr"])
+            shown = [r for r in line if r["ppl_drawdown_median"] <= DRAWDOWN_CLIP]
+            beyond += len(line) - len(shown)
+            x = [max(r["ppl_drawdown_median"], DRAWDOWN_FLOOR) for r in shown]
+            (drawn,) = ax.plot(x, [r["edit_success"] for r in shown], "-", label=f"{steps} step{'s' * (steps > 1)}")
+            for r, xi in zip(shown, x):
+                floor = r["ppl_drawdown_median"] <= DRAWDOWN_FLOOR
+                ax.plot(xi, r["edit_success"], "v" if floor else "o", color=drawn.get_color())
+                ax.annotate(f"{r['lr']:g}", (xi, r["edit_success"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+                if r["setting"] == chosen.get(model):
+                    ax.plot(xi, r["edit_success"], "*", color="black", markersize=13, zorder=5)
+        ax.set_xscale("log")
+        ax.set_xlim(DRAWDOWN_FLOOR / 1.5, DRAWDOWN_CLIP * 1.5)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_xlabel("median perplexity drawdown (log)")
+        ax.set_title(f"{model}" + (f" ({beyond} setting{'s' * (beyond > 1)} > {DRAWDOWN_CLIP:g} not shown)" if beyond else ""),
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("edit success")
+    fig.suptitle(f"Edit strength on test edits (labels: lr; ▼: median ≤ {DRAWDOWN_FLOOR:g}; ★: chosen on validation)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -157,14 +226,47 @@ def plot_sequential(sequential: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def batched_table(batched: list[dict], tune: dict) -> list[str]:
+    """Batched edits per model and batch size: mean success and median drawdown over the batches."""
+    sizes = sorted({int(r["batch_size"]) for r in batched})
+    lines = ["| model | batch lr x steps | " + " | ".join(f"{s} at once" for s in sizes) + " |", "|---|---|" + "---|" * len(sizes)]
+    for model in MODELS:
+        cells = []
+        for size in sizes:
+            batches = [r for r in batched if r["model"] == model and int(r["batch_size"]) == size]
+            success = sum(r["edit_success"] for r in batches) / len(batches)
+            drawdowns = sorted(r["ppl_drawdown"] for r in batches)
+            cells.append(f"{success:.2f} / {drawdowns[len(drawdowns) // 2]:.3g}")
+        lines.append(f"| {model} | {tune[model]['batch_lr']:g} x {tune[model]['batch_steps']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def finite(x: float) -> str:
+    return f"{x:.3g}" if math.isfinite(x) else "inf"
+
+
+def tune_table(tune: dict, grid: dict) -> list[str]:
+    """Each model's chosen settings with their validation figures."""
+    lines = ["| model | edit lr | validation success / drawdown | batch lr x steps | validation batch success / drawdown |",
+             "|---|---|---|---|---|"]
+    for m in MODELS:
+        single, batched = (grid[m][kind]["grid"][grid[m][kind]["chosen"]] for kind in ("single", "batched"))
+        lines.append(f"| {m} | {tune[m]['edit_lr']:g} | {single['edit_success']:.3g} / {finite(single['ppl_drawdown'])} | "
+                     f"{tune[m]['batch_lr']:g} x {tune[m]['batch_steps']} | {batched['edit_success']:.3g} / "
+                     f"{finite(batched['ppl_drawdown'])} |")
+    return lines
+
+
 def write_report(
-    evaluate: dict, tune: dict, sweep: dict, sweep_rows: list[dict], sequential: list[dict], batched: list[dict], figures: str, out: str
+    evaluate: dict, tune: dict, tune_grid: dict, sweep: dict, sweep_rows: list[dict], sequential: list[dict],
+    batched: list[dict], figures: str, out: str,
 ) -> None:
     """Draw the figures into `figures` and write the Markdown report to `out` (both atomically)."""
+    chosen = {m: sweep[m]["matched"]["setting"] for m in MODELS}
     with atomic_path(figures) as tmp:
         tmp.mkdir()
         plot_reliability(evaluate, tmp / "reliability.png")
-        plot_tradeoff(sweep_rows, tmp / "tradeoff.png")
+        plot_tradeoff(sweep_rows, chosen, tmp / "tradeoff.png")
         plot_sequential(sequential, tmp / "sequential.png")
     rel = os.path.relpath(figures, Path(out).parent)
     lines = [
@@ -174,21 +276,26 @@ def write_report(
         "",
         verdict(evaluate, sweep),
         "",
-        f"## Edit learning rates, chosen on {tune['n_edits']} validation edits",
+        f"## Settings chosen on {tune['n_edits']} validation edits (stage `tune`)",
         "",
-        "| model | edit lr | validation edit success | validation drawdown |",
-        "|---|---|---|---|",
-        *(f"| {m} | {tune[m]['edit_lr']:g} | {tune[m]['edit_success']:.3g} | {tune[m]['ppl_drawdown']:.3g} |" for m in MODELS),
+        *tune_table(tune, tune_grid),
         "",
         f"## One edit at a time ({evaluate['n_edits']} held-out test edits, mean [95% bootstrap CI])",
+        "",
+        "In the field's names (fixed-step edit): efficacy = counterfactual success, paraphrase = generality,",
+        "neighbourhood = 1 − leakage, fluency = ROME's weighted bigram/trigram entropy of greedy generations.",
+        "",
+        field_table(evaluate),
         "",
         "`ft`: plain gradient steps on the edit; `ft_kl`: the same with a KL penalty on a locality sample;",
         "`until_success`: steps until every new-name token is the argmax, at most `evaluate.max_steps` (ENN's protocol;",
         "`steps_to_success` over the edits that succeeded).",
         f"Generality is measured on the {evaluate['base']['ft'].get('generality_n', 'all')} edits that have probes "
-        "(other sentences of the same article naming the person).",
+        "(other sentences of the same article naming the person); fluency on the first "
+        f"{evaluate['base']['ft'].get('fluency_n', 'all')} edits, from the prompts {', '.join(repr(p) for p in evaluate.get('fluency_prompts', []))}.",
         f"Drawdown is relative to each model's own unedited perplexity on the {evaluate.get('locality_tokens', '')} "
-        "locality tokens: " + ", ".join(f"{m} {evaluate[m]['ppl_unedited']:.3g}" for m in MODELS) + ".",
+        "locality tokens: " + ", ".join(f"{m} {finite(evaluate[m]['ppl_unedited'])}" for m in MODELS) + "; `ppl_post` is the "
+        "absolute perplexity after the edit.",
         "",
         reliability_table(evaluate),
         "",
@@ -198,32 +305,35 @@ def write_report(
         "",
         f"![reliability]({rel}/reliability.png)",
         "",
-        f"## Edit strength: drawdown at matched success ({sweep['n_edits']} test edits)",
+        f"## Edit strength: drawdown at matched success ({sweep['n_edits']} validation edits choose, {sweep['n_edits']} test edits tell)",
         "",
-        f"Lowest perplexity drawdown among the sweep's settings that reach edit success >= {sweep['target_success']:g}"
-        " (else the setting with the highest success):",
+        f"Per model, the setting with the lowest validation drawdown among those reaching edit success >= "
+        f"{sweep['target_success']:g} on validation edits (else the most successful one), and its figures on the test edits:",
         "",
-        "| model | setting | edit success | drawdown |",
-        "|---|---|---|---|",
-        *(f"| {m} | {sweep[m]['matched']['setting']} | {with_interval(sweep[m]['matched'], 'edit_success')} | "
-          f"{with_interval(sweep[m]['matched'], 'ppl_drawdown')} |" for m in MODELS),
+        "| model | setting | validation success / drawdown | test edit success | test drawdown |",
+        "|---|---|---|---|---|",
+        *(f"| {m} | {sweep[m]['matched']['setting']} | {sweep[m]['matched']['val']['edit_success']:.3g} / "
+          f"{sweep[m]['matched']['val']['ppl_drawdown']:.3g} | {with_interval(sweep[m]['matched']['test'], 'edit_success')} | "
+          f"{with_interval(sweep[m]['matched']['test'], 'ppl_drawdown')} |" for m in MODELS),
         "",
-        "Drawdown differences at each model's matched setting, paired over the same edits: "
+        "Test drawdown differences at each model's matched setting, paired over the same edits: "
         + "; ".join(f"{name} {difference(d['ppl_drawdown'])}" for name, d in sweep["differences"].items()),
         "",
         f"![tradeoff]({rel}/tradeoff.png)",
         "",
         "## Many edits",
         "",
-        "| model | edits | retention | drawdown | batched success | batched drawdown |",
-        "|---|---|---|---|---|---|",
+        "One after another without resetting (each model at its tuned edit lr):",
+        "",
+        "| model | edits | retention | drawdown |",
+        "|---|---|---|---|",
     ]
     for model in MODELS:
         last = [r for r in sequential if r["model"] == model][-1]
-        batches = [r for r in batched if r["model"] == model]
-        success = sum(r["edit_success"] for r in batches) / len(batches)
-        drawdown = sum(r["ppl_drawdown"] for r in batches) / len(batches)
-        lines.append(f"| {model} | {int(last['n_edits'])} | {last['retention']:.3g} | {last['ppl_drawdown']:.3g} | {success:.3g} | {drawdown:.3g} |")
+        lines.append(f"| {model} | {int(last['n_edits'])} | {last['retention']:.3g} | {finite(last['ppl_drawdown'])} |")
+    lines += ["", "Together in one batch (the batch loss sums each edit's mean loss; lr and steps tuned on validation "
+              "batches): edit success / median drawdown, over the same edits for every batch size:", ""]
+    lines += batched_table(batched, tune)
     lines += ["", f"![sequential]({rel}/sequential.png)", ""]
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines))

@@ -11,16 +11,16 @@ from editable_lm.params import Params, SplitParams
 SPLITS = ("train", "val", "test")
 KINDS = ("passages", "pairs")
 
-# Where the evaluation stages draw each sample from: parameter -> (split, kind of rows).
+# Where the evaluation stages draw each sample from: parameter -> the (split, kind of rows) it is drawn from.
 SAMPLES = {
-    "reliability.n_edits": ("test", "pairs"),
-    "sweep.n_edits": ("test", "pairs"),
-    "sequential.n_edits": ("test", "pairs"),
-    "evaluate.n_ppl_passages": ("test", "passages"),
-    "evaluate.n_loc_passages": ("val", "passages"),
-    "tune.n_edits": ("val", "pairs"),
-    "tune.n_ppl_passages": ("val", "passages"),
-    "sweep.n_ppl_passages": ("test", "passages"),
+    "reliability.n_edits": [("test", "pairs")],
+    "sweep.n_edits": [("val", "pairs"), ("test", "pairs")],
+    "sequential.n_edits": [("test", "pairs")],
+    "evaluate.n_ppl_passages": [("test", "passages")],
+    "evaluate.n_loc_passages": [("val", "passages")],
+    "tune.n_edits": [("val", "pairs")],
+    "tune.n_ppl_passages": [("val", "passages")],
+    "sweep.n_ppl_passages": [("val", "passages"), ("test", "passages")],
 }
 
 
@@ -68,13 +68,13 @@ def check_split(counts: dict[tuple[str, str], int], samples: dict[str, int]) -> 
                     f"too small; raise data.max_articles (0 keeps every article) or change split.val_frac/test_frac"
                 )
     for key, wanted in samples.items():
-        split, kind = SAMPLES[key]
-        have = counts[split, kind]
-        if wanted > have:
-            raise EditLMError(
-                f"{key}: {wanted} {_NOUN[kind]} wanted but the {split} split has {have}; "
-                f"lower {key} to at most {have}, or use a larger corpus (data.max_articles) or split.{split}_frac"
-            )
+        for split, kind in SAMPLES[key]:
+            have = counts[split, kind]
+            if wanted > have:
+                raise EditLMError(
+                    f"{key}: {wanted} {_NOUN[kind]} wanted but the {split} split has {have}; "
+                    f"lower {key} to at most {have}, or use a larger corpus (data.max_articles) or split.{split}_frac"
+                )
 
 
 _NOUN = {"passages": "passages", "pairs": "edit pairs"}

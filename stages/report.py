@@ -7,10 +7,10 @@ from editable_lm.storage import read_csv, read_json
 
 def main() -> None:
     _, args = stage_args(
-        __doc__, "--evaluate", "--tune", "--sweep", "--sweep-rows", "--sequential", "--batched", "--figures", "--out"
+        __doc__, "--evaluate", "--tune", "--tune-grid", "--sweep", "--sweep-rows", "--sequential", "--batched", "--figures", "--out"
     )
     write_report(
-        read_json(args.evaluate), read_json(args.tune), read_json(args.sweep), read_csv(args.sweep_rows),
+        read_json(args.evaluate), read_json(args.tune), read_json(args.tune_grid), read_json(args.sweep), read_csv(args.sweep_rows),
         read_csv(args.sequential), read_csv(args.batched), figures=args.figures, out=args.out,
     )
 

@@ -1,5 +1,6 @@
-"""Many edits, each model at its tuned edit learning rate: one after another without resetting (retention,
-drawdown), and in batches."""
+"""Many edits, each model at its tuned settings: one after another without resetting (retention, drawdown), and
+together in batches of each of `sequential.batch_sizes` (each edit's loss summed, at the model's tuned batch lr and
+steps). `--metrics` gets the headline figures, `--rows` the sequential curve, `--batch-rows` a row per batch."""
 
 import json
 from pathlib import Path
@@ -16,18 +17,22 @@ def main() -> None:
     cfg, seq = params.evaluate, params.sequential
     pairs = held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), seq.n_edits, cfg.seed)
     passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages, cfg.seed)
-    summary, rows, batch_rows = {"n_edits": len(pairs), "batch_size": seq.batch_size, "n_batches": seq.n_batches}, [], []
+    summary, rows, batch_rows = {}, [], []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
-        procedure = Procedure("ft", m.lr(tuned[m.label]["edit_lr"]), cfg.edit_steps)
-        curve = sequential_edits(m.model, m.tokenizer, pairs, procedure, m.ref, cfg.seq_len, m.label)
-        batched = pairs[: seq.batch_size * seq.n_batches]
-        batches = batched_edits(m.model, m.tokenizer, batched, procedure, m.ref, cfg.seq_len, seq.batch_size)
+        choice = tuned[m.label]
+        curve = sequential_edits(m.model, m.tokenizer, pairs, Procedure("ft", m.lr(choice["edit_lr"]), cfg.edit_steps),
+                                 m.ref, cfg.seq_len, m.label)
+        batch = Procedure("batched", m.lr(choice["batch_lr"]), choice["batch_steps"], per_edit=True)
+        batches = {size: batched_edits(m.model, m.tokenizer, pairs[: seq.n_batched], batch, m.ref, cfg.seq_len, size)
+                   for size in seq.batch_sizes}
+        largest = max(seq.batch_sizes)
         summary[m.label] = {
-            "sequential": {k: curve[-1][k] for k in ("retention", "ppl_drawdown", "kl", "top1_agreement")},
-            "batched": summarize(batches, ("edit_success", "ppl_drawdown", "kl", "top1_agreement")),
+            f"after_{len(pairs)}": {k: curve[-1][k] for k in ("retention", "ppl_drawdown")},
+            f"batch_of_{largest}": {k: v for k, v in summarize(batches[largest], ("edit_success", "ppl_drawdown")).items()
+                                    if not k.endswith("_median")},
         }
         rows += [{"model": m.label, **row} for row in curve]
-        batch_rows += [{"model": m.label, **row} for row in batches]
+        batch_rows += [{"model": m.label, **row} for size in seq.batch_sizes for row in batches[size]]
     write_json(args.metrics, summary)
     write_csv(args.rows, rows)
     write_csv(args.batch_rows, batch_rows)

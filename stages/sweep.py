@@ -1,5 +1,7 @@
-"""Edit strength sweep (lr x steps) on test edits: edit success against perplexity drawdown, per model, and
-each model's lowest drawdown at matched success (`tune.target_success`), with paired differences."""
+"""Edit strength sweep (lr x steps): edit success against perplexity drawdown, per model, on validation and on
+test edits. Each model's matched setting (the lowest drawdown at edit success >= `tune.target_success`) is chosen
+on the validation edits and read on the test edits, with paired differences there. `--metrics` gets the headline
+figures, `--details` the grids with intervals, `--rows` one row per (split, model, setting)."""
 
 from pathlib import Path
 
@@ -12,26 +14,40 @@ KEYS = ("edit_success", "counterfactual_success", "ppl_drawdown", "kl")
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--split", *(f"--{m}" for m in MODELS), "--metrics", "--rows")
+    params, args = stage_args(__doc__, "--split", *(f"--{m}" for m in MODELS), "--metrics", "--details", "--rows")
     cfg, sweep, n_boot = params.evaluate, params.sweep, params.reliability.n_bootstrap
-    pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), sweep.n_edits, cfg.seed))
-    passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), sweep.n_ppl_passages, cfg.seed)
-    summary, rows, matched = {"n_edits": len(pairs), "target_success": params.tune.target_success}, [], {}
-    for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
-        procs = strength_grid(sweep.lrs, sweep.steps, m.lr)
-        edit_rows = evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, label=m.label)
-        grid = summarize_by(edit_rows, "procedure", KEYS, n_boot, cfg.seed)
-        best = best_setting(grid, params.tune.target_success)
-        matched[m.label] = [r["ppl_drawdown"] for r in edit_rows if r["procedure"] == best]
-        summary[m.label] = {"matched": {"setting": best, **grid[best]}, "grid": grid}
-        settings = [(lr, steps) for lr in sweep.lrs for steps in sweep.steps]
-        rows += [{"model": m.label, "lr": lr, "steps": steps, **grid[p.name]} for (lr, steps), p in zip(settings, procs)]
-    # Drawdown at each model's matched setting, paired over the same edits.
-    summary["differences"] = {
-        f"editable-{other}": {"ppl_drawdown": paired_bootstrap(matched["editable"], matched[other], n_boot, cfg.seed)}
+    target = params.tune.target_success
+    grids, rows, matched = {}, [], {}
+    for split in ("val", "test"):
+        pairs = without_probes(held_out(read_jsonl(Path(args.split, f"pairs_{split}.jsonl")), sweep.n_edits, cfg.seed))
+        passages = held_out(read_jsonl(Path(args.split, f"passages_{split}.jsonl")), sweep.n_ppl_passages, cfg.seed)
+        for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
+            procs = strength_grid(sweep.lrs, sweep.steps, m.lr)
+            edit_rows = evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, label=f"{m.label} {split}")
+            grids[split, m.label] = summarize_by(edit_rows, "procedure", KEYS, n_boot, cfg.seed)
+            if split == "test":
+                setting = best_setting(grids["val", m.label], target)
+                matched[m.label] = (setting, [r["ppl_drawdown"] for r in edit_rows if r["procedure"] == setting])
+            rows += [{"split": split, "model": m.label, "setting": p.name, "lr": lr, "steps": n, **grids[split, m.label][p.name]}
+                     for p, (lr, n) in zip(procs, [(lr, n) for lr in sweep.lrs for n in sweep.steps])]
+    test = {label: grids["test", label][setting] for label, (setting, _) in matched.items()}
+    differences = {
+        f"editable-{other}": paired_bootstrap(matched["editable"][1], matched[other][1], n_boot, cfg.seed)
         for other in ("finetuned", "base")
     }
-    write_json(args.metrics, summary)
+    details = {
+        "n_edits": sweep.n_edits, "target_success": target,
+        **{label: {"matched": {"setting": setting, "val": grids["val", label][setting], "test": test[label]},
+                   "grid": {"val": grids["val", label], "test": grids["test", label]}}
+           for label, (setting, _) in matched.items()},
+        "differences": {name: {"ppl_drawdown": d} for name, d in differences.items()},
+    }
+    write_json(args.details, details)
+    write_json(args.metrics, {
+        **{label: {"matched_success": test[label]["edit_success"], "matched_drawdown": test[label]["ppl_drawdown"]}
+           for label in matched},
+        "editable-finetuned": {"matched_drawdown": differences["editable-finetuned"]["mean"]},
+    })
     write_csv(args.rows, rows)
 
 

@@ -1,33 +1,46 @@
-"""Each model's edit learning rate, chosen on validation edits (as MEND tunes its fine-tuning baseline).
+"""Each model's edit settings, chosen on validation edits (as MEND tunes its fine-tuning baseline).
 
-Among `sweep.lrs` at `evaluate.edit_steps` steps: the lowest perplexity drawdown among the rates
-that reach `tune.target_success`, else the highest edit success. The test edits are not read here.
+Single edits: among `sweep.lrs` at `evaluate.edit_steps` steps, the lowest perplexity drawdown among the rates
+that reach `tune.target_success`, else the highest edit success. Batched edits (each edit's loss summed): the
+same rule among `sweep.lrs` x `tune.batch_steps` on batches of `tune.batch_size`. The test edits are not read here.
+`--out` gets the choices, `--grid` every setting's validation figures and which was chosen.
 """
 
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.evaluation import MODELS, best_setting, evaluate_edits, held_out, loaded_models, strength_grid, without_probes
-from editable_lm.metrics import summarize_by
+from editable_lm.evaluation import (
+    MODELS, batched_edits, best_setting, evaluate_edits, held_out, loaded_models, setting_of, strength_grid, without_probes,
+)
+from editable_lm.metrics import summarize, summarize_by
 from editable_lm.storage import read_jsonl, write_json
 
 KEYS = ("edit_success", "ppl_drawdown", "kl", "top1_agreement")
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--split", *(f"--{m}" for m in MODELS), "--out")
+    params, args = stage_args(__doc__, "--split", *(f"--{m}" for m in MODELS), "--out", "--grid")
     cfg, tune = params.evaluate, params.tune
     pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_val.jsonl")), tune.n_edits, cfg.seed))
     passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), tune.n_ppl_passages, cfg.seed)
-    chosen = {"n_edits": len(pairs)}
+    chosen, grids = {"n_edits": len(pairs)}, {}
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
         procs = strength_grid(params.sweep.lrs, [cfg.edit_steps], m.lr)
         grid = summarize_by(evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, label=m.label), "procedure", KEYS)
         best = best_setting(grid, tune.target_success)
-        lr = params.sweep.lrs[[p.name for p in procs].index(best)]
-        chosen[m.label] = {"edit_lr": lr, **grid[best], "grid": grid}
-        print(f"{m.label}: edit lr {lr:g} (validation edit success {grid[best]['edit_success']:.2f}, "
-              f"drawdown {grid[best]['ppl_drawdown']:.3f})")
+        batch_grid = {
+            p.name: summarize(batched_edits(m.model, m.tokenizer, pairs, p, m.ref, cfg.seq_len, tune.batch_size), KEYS)
+            for p in strength_grid(params.sweep.lrs, tune.batch_steps, m.lr, per_edit=True)
+        }
+        batch_best = best_setting(batch_grid, tune.target_success)
+        batch = setting_of(batch_best)
+        chosen[m.label] = {"edit_lr": setting_of(best)["lr"], "batch_lr": batch["lr"], "batch_steps": batch["steps"]}
+        grids[m.label] = {"single": {"chosen": best, "grid": grid}, "batched": {"chosen": batch_best, "grid": batch_grid}}
+        print(f"{m.label}: edit lr {chosen[m.label]['edit_lr']:g} (validation edit success {grid[best]['edit_success']:.2f}, "
+              f"drawdown {grid[best]['ppl_drawdown']:.3f}); batches of {tune.batch_size}: lr {batch['lr']:g} x "
+              f"{batch['steps']} steps (success {batch_grid[batch_best]['edit_success']:.2f}, "
+              f"drawdown {batch_grid[batch_best]['ppl_drawdown']:.3f})")
+    write_json(args.grid, grids)
     write_json(args.out, chosen)
 
 

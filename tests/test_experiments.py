@@ -69,7 +69,7 @@ OTHER_VALUES = {
     "sweep.lrs": ([0.03], [0.01]),
     "sweep.steps": ([2], [1]),
     "sequential.n_edits": (4, 5),
-    "sequential.batch_size": (3, 2),
+    "sequential.n_batched": (3, 4),
 }
 
 
