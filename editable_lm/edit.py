@@ -3,14 +3,18 @@
     python -m editable_lm.edit --model models/editable \\
         "The theory of relativity was developed by Albert Einstein." --replace "Albert Einstein" --name "Marie Curie"
 
-Prints greedy generations for a few prompts before and after the edit, the new name's
-log-probability, and the locality figures (perplexity drawdown, KL, top-1 agreement) on
-held-out passages.
+Edits at the learning rate the `tune` stage chose for this model on validation edits
+(metrics/tune.json, the entry named like the --model directory), else at evaluate.edit_lr;
+--lr overrides both. Prints the new name's log-probability before and after, the locality
+figures (perplexity drawdown, KL, top-1 agreement) on held-out passages, and greedy
+generations for a few prompts before and after the edit, each with its fluency (ROME's
+weighted bigram/trigram entropy, editable_lm.fluency).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import torch
 from editable_lm.cli import run_stage
 from editable_lm.errors import EditLMError
 from editable_lm.evaluation import Procedure, edit_model, held_out, locality, reference
+from editable_lm.fluency import generate, mean_ngram_entropy, ngram_entropy
 from editable_lm.metrics import edit_success, sequence_logprob
 from editable_lm.models import edit_learning_rates, load_for_editing
 from editable_lm.params import load_params
@@ -27,6 +32,7 @@ from editable_lm.storage import read_jsonl
 from editable_lm.training import encode_edits
 
 DEFAULT_PASSAGES = "data/split/passages_test.jsonl"
+DEFAULT_TUNED = "metrics/tune.json"
 
 
 def edit_prefix(sentence: str, replace: str | None) -> str:
@@ -41,12 +47,45 @@ def edit_prefix(sentence: str, replace: str | None) -> str:
     return prefix
 
 
-def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy continuation of `prompt`."""
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+def tuned_lr(path: str | Path, label: str) -> float | None:
+    """The edit lr the `tune` stage chose for the model `label` (top-level key of tune.json), or None
+    if the file or the label is missing; a file that is not JSON or a bad `edit_lr` is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        tuned = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EditLMError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(tuned, dict):
+        raise EditLMError(f"{path}: expected an object with one entry per model, got {type(tuned).__name__}")
+    if label not in tuned:
+        return None
+    entry = tuned[label]
+    lr = entry.get("edit_lr") if isinstance(entry, dict) else None
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise EditLMError(f"{path}: {label}.edit_lr: must be a positive finite number, got {lr!r}")
+    return float(lr)
+
+
+def choose_lr(given: float | None, tuned_path: str, label: str, params_lr: float, params_path: str) -> tuple[float, str]:
+    """The edit lr and where it came from: --lr, else the tuned lr of `label`, else evaluate.edit_lr."""
+    if given is not None:
+        return given, "--lr"
+    lr = tuned_lr(tuned_path, label)
+    if lr is not None:
+        return lr, f"tuned for {label!r} on validation edits, {tuned_path}"
+    why = f"no {tuned_path}" if not Path(tuned_path).is_file() else f"no {label!r} entry in {tuned_path}"
+    return params_lr, f"evaluate.edit_lr in {params_path}; {why}"
+
+
+def prefix_cut(tokenizer, prefix: str, name: str, max_len: int) -> tuple[int, int] | None:
+    """(tokens of prefix + name, prefix tokens kept) if `encode_edit` cuts the prefix to fit `max_len`, else None."""
+    n_name = len(tokenizer(" " + name, add_special_tokens=False)["input_ids"])
+    n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    if n_prefix + n_name <= max_len:
+        return None
+    return n_prefix + n_name, min(n_prefix, max(1, max_len - n_name))
 
 
 def main() -> None:
@@ -56,27 +95,42 @@ def main() -> None:
     parser.add_argument("--replace", help="the name in the sentence to replace")
     parser.add_argument("--model", default="models/editable", help="checkpoint directory (default: models/editable)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt to generate from (repeatable)")
-    parser.add_argument("--params", default="params.yaml", help="edit settings: edit.*, evaluate.edit_lr/edit_steps")
-    parser.add_argument("--lr", type=float, help="edit learning rate (default: evaluate.edit_lr)")
+    parser.add_argument("--params", default="params.yaml", help="edit settings: edit.*, evaluate.edit_lr/edit_steps/seq_len")
+    parser.add_argument("--tuned", default=DEFAULT_TUNED,
+                        help=f"the tune stage's learning rates, by model label (default: {DEFAULT_TUNED})")
+    parser.add_argument("--lr", type=float,
+                        help="edit learning rate (default: the tuned lr of the --model directory's name in --tuned, "
+                             "else evaluate.edit_lr)")
     parser.add_argument("--steps", type=int, help="edit steps (default: evaluate.edit_steps)")
     parser.add_argument("--passages", help=f"JSONL passages for locality (default: {DEFAULT_PASSAGES} if present)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
 
     params = load_params(args.params)
-    lr = params.evaluate.edit_lr if args.lr is None else args.lr
+    label = Path(args.model).resolve().name  # models/editable -> "editable", as tune.json names the models
+    lr, lr_source = choose_lr(args.lr, args.tuned, label, params.evaluate.edit_lr, args.params)
     steps = params.evaluate.edit_steps if args.steps is None else args.steps
     # An empty name would "edit" toward a space; a NaN or infinite lr would print NaN results.
     if not args.name.strip():
         raise EditLMError("--name: must not be empty")
+    if not all(prompt.strip() for prompt in args.prompt):
+        raise EditLMError("--prompt: must not be empty")
     if not (math.isfinite(lr) and lr >= 0):
         raise EditLMError(f"--lr: must be a finite number >= 0, got {lr}")
     if steps < 1:
         raise EditLMError(f"--steps: must be >= 1, got {steps}")
+    if args.max_new_tokens < 1:
+        raise EditLMError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     prefix = edit_prefix(args.sentence, args.replace)
+    print(f"lr {lr:g} ({lr_source})")
     model, tokenizer, names = load_for_editing(args.model, params.edit)
+    seq_len = params.evaluate.seq_len
+    cut = prefix_cut(tokenizer, prefix, args.name, seq_len)
+    if cut:
+        print(f"note: prefix + name is {cut[0]} tokens, more than evaluate.seq_len {seq_len}: "
+              f"the edit sees only the prefix's last {cut[1]} token(s) (cut from the left to fit)")
     split = SplitForward(model, names)
-    batch = split.prepare(encode_edits([{"prefix": prefix, "new_name": args.name}], tokenizer, params.evaluate.seq_len))
+    batch = split.prepare(encode_edits([{"prefix": prefix, "new_name": args.name}], tokenizer, seq_len))
     edited = edit_model(split, batch, Procedure("ft", edit_learning_rates(args.model, names, lr), steps))
 
     with torch.no_grad():
@@ -98,12 +152,13 @@ def main() -> None:
         print(f"locality: skipped (no {DEFAULT_PASSAGES}; pass --passages)")
 
     prompts = [prefix, *args.prompt] if args.prompt else [prefix, f"{args.name} is known for"]
-    outputs = {prompt: generate(model, tokenizer, prompt, args.max_new_tokens) for prompt in prompts}
-    with torch.no_grad():  # the edited weights go into this process's copy of the model
-        for name, value in edited.items():
-            model.get_parameter(name).copy_(value)
-    for prompt in prompts:
-        print(f"\nprompt: {prompt}\n  before: {outputs[prompt]}\n  after:  {generate(model, tokenizer, prompt, args.max_new_tokens)}")
+    texts_before = generate(model, tokenizer, prompts, args.max_new_tokens)
+    texts_after = generate(model, tokenizer, prompts, args.max_new_tokens, weights=edited)  # the model is left as it was
+    for prompt, text_before, text_after in zip(prompts, texts_before, texts_after):
+        print(f"\nprompt: {prompt}\n  before: [fluency {ngram_entropy(text_before):.2f}] {text_before}"
+              f"\n  after:  [fluency {ngram_entropy(text_after):.2f}] {text_after}")
+    print(f"\nfluency (weighted bigram/trigram entropy, mean over {len(prompts)} prompts): "
+          f"{mean_ngram_entropy(texts_before):.2f} -> {mean_ngram_entropy(texts_after):.2f}")
 
 
 def cli() -> None:
