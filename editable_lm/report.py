@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +28,7 @@ METRICS = {
     "ppl_post": ("post-edit perplexity", "", False),
     "kl": ("KL(pre || post)", "", False),
     "top1_agreement": ("top-1 agreement", "", True),
-    "fluency": ("fluency (n-gram entropy)", "fluency", True),
+    "fluency": ("fluency (n-gram entropy)", "", True),
 }
 PROCEDURE_NAMES = {"ft": "fixed-step edit", "ft_kl": "fixed-step edit with KL", "until_success": "edit until it holds"}
 
@@ -86,7 +87,8 @@ def verdict(evaluate: dict, sweep: dict) -> str:
         if not diffs:
             continue
         a, b = evaluate["editable"][procedure], evaluate["finetuned"][procedure]
-        lines += ["", f"{PROCEDURE_NAMES.get(procedure, procedure).capitalize()} (`{procedure}`):", ""]
+        name = PROCEDURE_NAMES.get(procedure, procedure)
+        lines += ["", f"{name[:1].upper()}{name[1:]} (`{procedure}`):", ""]
         lines += [metric_sentence(key, a, b, diffs[key], ("editable", "fine-tuned")) for key in METRICS if key in diffs]
     unedited = "Before any edit, perplexity on the locality tokens is " + ", ".join(
         f"{finite(evaluate[m]['ppl_unedited'])} ({m})" for m in MODELS)
@@ -235,8 +237,7 @@ def batched_table(batched: list[dict], tune: dict) -> list[str]:
         for size in sizes:
             batches = [r for r in batched if r["model"] == model and int(r["batch_size"]) == size]
             success = sum(r["edit_success"] for r in batches) / len(batches)
-            drawdowns = sorted(r["ppl_drawdown"] for r in batches)
-            cells.append(f"{success:.2f} / {drawdowns[len(drawdowns) // 2]:.3g}")
+            cells.append(f"{success:.2f} / {statistics.median(r['ppl_drawdown'] for r in batches):.3g}")
         lines.append(f"| {model} | {tune[model]['batch_lr']:g} x {tune[model]['batch_steps']} | " + " | ".join(cells) + " |")
     return lines
 

@@ -21,6 +21,7 @@ SAMPLES = {
     "tune.n_edits": [("val", "pairs")],
     "tune.n_ppl_passages": [("val", "passages")],
     "sweep.n_ppl_passages": [("val", "passages"), ("test", "passages")],
+    "reliability.n_fluency_prompts": [("test", "passages")],
 }
 
 

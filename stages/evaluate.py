@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
+from editable_lm.errors import EditLMError
 from editable_lm.evaluation import (
     COMPARED_METRICS, EDIT_METRICS, MODELS, Fluency, evaluate_edits, fluency_prompts, held_out, loaded_models, procedures,
 )
@@ -24,6 +25,9 @@ def main() -> None:
     test_passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages + rel.n_fluency_prompts, cfg.seed)
     passages = test_passages[: cfg.n_ppl_passages]
     fluency = Fluency(fluency_prompts(test_passages[cfg.n_ppl_passages :]), rel.fluency_tokens)
+    if len(fluency.prompts) < rel.n_fluency_prompts:  # the test split has too few passages beyond the locality ones
+        raise EditLMError(f"reliability.n_fluency_prompts: {rel.n_fluency_prompts} prompts wanted beyond the "
+                          f"{cfg.n_ppl_passages} locality passages, but the test split has {len(test_passages)} passages")
     loc_passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), cfg.n_loc_passages, cfg.seed)
     details, rows = {"n_edits": len(pairs), "fluency_prompts": list(fluency.prompts)}, []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):

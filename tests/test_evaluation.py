@@ -7,16 +7,20 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch.func import functional_call
 
 from conftest import tiny_llama
 from editable_lm.editing import collate, encode_edit, kl_divergence
 from editable_lm.evaluation import (
-    EDIT_METRICS, Procedure, batched_edits, best_setting, edit_model, edit_with_steps, evaluate_edits, held_out, locality,
-    log_schedule, measure_edit, same_weights,
-    procedures, reference, sequential_edits,
+    COMPARED_METRICS, EDIT_METRICS, Fluency, Procedure, batched_edits, best_setting, edit_model, edit_with_steps,
+    evaluate_edits, held_out, locality, loaded_models, log_schedule, measure_edit, same_weights, procedures, reference,
+    sequential_edits, setting_of, strength_grid,
 )
+from editable_lm.fluency import generate, mean_ngram_entropy
 from editable_lm.metrics import edit_success, perplexity, sequence_logprob
-from editable_lm.models import edit_parameter_names
+from editable_lm.models import INNER_LR_SCALE_FILE, edit_learning_rates, edit_parameter_names, save_checkpoint
 from editable_lm.params import EditParams
 from editable_lm.split_forward import SplitForward, Targets
 from editable_lm.training import encode_edits
@@ -109,7 +113,9 @@ def test_edit_with_zero_lr_changes_nothing(model, tokenizer, names, ref, pairs):
         assert row["ppl_drawdown"] == pytest.approx(0.0, abs=1e-6)
         assert row["kl"] == pytest.approx(0.0, abs=1e-6)
         assert row["top1_agreement"] == 1.0
-        assert row["leakage"] == 0.0
+        assert row["leakage"] == 0.0 and row["neighbourhood"] == 1.0
+        assert row["ppl_post"] == pytest.approx(ref.ppl, rel=1e-6)
+        assert row["fluency"] is None  # no Fluency given
         assert row["logp_new_post"] == pytest.approx(row["logp_new_pre"], abs=1e-5)
         assert row["logp_new_pre"] == pytest.approx(logp(model, tokenizer, pair["prefix"], pair["new_name"]), abs=1e-4)
         assert row["edit_success"] == succeeded
@@ -220,11 +226,130 @@ def test_batched_edits_one_row_per_batch(model, tokenizer, names, ref, pairs):
     for size in (1, 3, 4):
         rows = batched_edits(model, tokenizer, pairs, Procedure("ft", 0.0, 1), ref, MAX_LEN, size)
         assert [r["batch"] for r in rows] == list(range(math.ceil(len(pairs) / size)))
+        assert [r["batch_size"] for r in rows] == [size] * len(rows)  # the last, shorter batch too
         for row in rows:
             chunk = success[row["batch"] * size : (row["batch"] + 1) * size]
             assert row["edit_success"] == pytest.approx(sum(chunk) / len(chunk))
             assert row["ppl_drawdown"] == pytest.approx(0.0, abs=1e-6)
 
+
+
+def full_model_edit_loss(lm, weights: dict, tokenizer, pair: dict) -> torch.Tensor:
+    """Mean cross-entropy of the new name's tokens after the prefix, on the whole HF model with `weights`
+    swapped in, from the pair's own unpadded tokens."""
+    ids, labels = encode_edit(tokenizer, pair["prefix"], pair["new_name"], MAX_LEN)
+    n_name = sum(label != -100 for label in labels)
+    logits = functional_call(lm, weights, args=(), kwargs={"input_ids": torch.tensor([ids])}).logits
+    return F.cross_entropy(logits[0, -n_name - 1 : -1], torch.tensor(labels[-n_name:]))
+
+
+def test_batched_per_edit_step_is_the_step_on_summed_edit_losses(tokenizer):
+    """`Procedure(per_edit=True)`, one step at lr on a batch of 3 edits: the weights of one SGD step on the sum of
+    the 3 edits' own mean losses (each computed alone, unpadded, on the float64 HF model), not on their pooled
+    mean; `batched_edits`' row for that batch is measured at those weights (success by hand, locality on the
+    whole model) and carries its batch size."""
+    lm = tiny_llama(vocab=len(tokenizer)).double().requires_grad_(False)
+    model = SplitForward(lm, edit_parameter_names(lm, EditParams(blocks=1)))
+    pairs = copy.deepcopy(PAIRS)
+    pairs[0]["new_name"] = greedy_name(model, tokenizer, pairs[0]["prefix"])
+    batch, lr = pairs[:3], 3.0
+    procedure = Procedure("batched", lr, 1, per_edit=True)
+    edited = edit_model(model, model.prepare(encode_edits(batch, tokenizer, MAX_LEN)), procedure)
+
+    start = {n: lm.get_parameter(n).detach().clone().requires_grad_(True) for n in model.names}
+    total = sum(full_model_edit_loss(lm, start, tokenizer, pair) for pair in batch)
+    grads = dict(zip(model.names, torch.autograd.grad(total, list(start.values()))))
+    expected = {n: start[n].detach() - lr * grads[n] for n in model.names}
+    assert set(edited) == set(expected)
+    for name in model.names:
+        torch.testing.assert_close(edited[name], expected[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    pooled = edit_model(model, model.prepare(encode_edits(batch, tokenizer, MAX_LEN)), Procedure("pooled", lr, 1))
+    assert max((pooled[n] - expected[n]).abs().max() for n in model.names) > 1e-3 * max(g.abs().max() for g in grads.values())
+
+    ref = reference(model, tokenizer, PASSAGES, MAX_LEN)
+    rows = batched_edits(model, tokenizer, pairs, procedure, ref, MAX_LEN, 3)
+    assert [(r["batch_size"], r["batch"]) for r in rows] == [(3, 0), (3, 1)]  # 4 edits: a batch of 3, then of 1
+    with torch.no_grad():
+        holds = []
+        for pair in batch:
+            ids, labels = encode_edit(tokenizer, pair["prefix"], pair["new_name"], MAX_LEN)
+            n_name = sum(label != -100 for label in labels)
+            logits = functional_call(lm, expected, args=(), kwargs={"input_ids": torch.tensor([ids])}).logits
+            holds.append(bool((logits[0, -n_name - 1 : -1].argmax(-1) == torch.tensor(labels[-n_name:])).all()))
+        passages = ref.inputs.batch
+        kwargs = {"input_ids": passages["input_ids"], "attention_mask": passages["attention_mask"]}
+        before, after = lm(**kwargs).logits, functional_call(lm, expected, args=(), kwargs=kwargs).logits
+    assert 0 < sum(holds) < len(holds)  # some hold, some do not: the fraction is informative
+    ppl_pre = perplexity(torch.log_softmax(before, -1), passages["labels"])
+    ppl_post = perplexity(torch.log_softmax(after, -1), passages["labels"])
+    mask = passages["attention_mask"].bool()
+    assert rows[0] == pytest.approx({
+        "batch_size": 3, "batch": 0, "edit_success": sum(holds) / len(holds),
+        "ppl_drawdown": ppl_post / ppl_pre - 1, "ppl_post": ppl_post,
+        "kl": kl_divergence(before, after, passages["attention_mask"]).item(),
+        "top1_agreement": ((before.argmax(-1) == after.argmax(-1)) & mask).sum().item() / mask.sum().item(),
+    }, rel=1e-6, abs=1e-9)
+    assert rows[0]["top1_agreement"] < 1  # the step did change the passages' predictions
+
+
+def test_neighbourhood_and_absolute_perplexity_per_row(model, tokenizer, ref, pairs):
+    """Per row: neighbourhood = 1 - leakage (None without leak probes), and ppl_post is the edited whole model's
+    perplexity on the reference passages, = the unedited perplexity x (1 + drawdown)."""
+    procedure = Procedure("ft", 3.0, 3)
+    rows = evaluate_edits(model, tokenizer, pairs, [procedure], ref, MAX_LEN, n_leak_probes=3)
+    assert {"neighbourhood", "ppl_post"} <= set(COMPARED_METRICS)
+    assert len({r["leakage"] for r in rows}) > 1 and any(0 < r["leakage"] < 1 for r in rows)  # not all the same
+    passages = ref.inputs.batch
+    kwargs = {"input_ids": passages["input_ids"], "attention_mask": passages["attention_mask"]}
+    with torch.no_grad():
+        ppl_unedited = perplexity(torch.log_softmax(model.model(**kwargs).logits, -1), passages["labels"])
+    assert ref.ppl == pytest.approx(ppl_unedited, rel=1e-5)
+    for row, pair in zip(rows, pairs):
+        assert row["neighbourhood"] == pytest.approx(1 - row["leakage"], abs=1e-7)
+        assert row["ppl_post"] == pytest.approx(ref.ppl * (1 + row["ppl_drawdown"]), rel=1e-9)
+        edited = edit_model(model, model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), procedure)
+        with torch.no_grad():
+            logits = functional_call(model.model, edited, args=(), kwargs=kwargs).logits
+        assert row["ppl_post"] == pytest.approx(perplexity(torch.log_softmax(logits, -1), passages["labels"]), rel=1e-4)
+        assert row["ppl_post"] != pytest.approx(ppl_unedited, rel=1e-4)  # the edit moved it
+    alone = measure_edit(model, tokenizer, pairs[1], [], [procedure], ref, MAX_LEN)[0]
+    assert alone["leakage"] is None and alone["neighbourhood"] is None
+
+
+FLUENCY = Fluency(("The river flows", "Bread is baked from"), max_new_tokens=6)
+
+
+def test_fluency_on_the_first_edits_only(model, tokenizer, ref, pairs):
+    """With `n_fluency_edits=2` of 3 edits, fluency is measured after the first two (every procedure) and None
+    after the third; each is the n-gram entropy of greedy generations from the prompts with that edit's own
+    weights (lr=0: the unedited model's)."""
+    edits = pairs[1:4]
+    strong, none = Procedure("ft", 10.0, 3), Procedure("ft0", 0.0, 1)
+    rows = evaluate_edits(model, tokenizer, edits, [strong, none], ref, MAX_LEN, fluency=FLUENCY, n_fluency_edits=2)
+    assert [(r["edit_id"], r["procedure"]) for r in rows] == [(i, p) for i in (1, 2, 3) for p in ("ft", "ft0")]
+    assert [r["fluency"] is not None for r in rows] == [True, True, True, True, False, False]
+    unedited = mean_ngram_entropy(generate(model.model, tokenizer, list(FLUENCY.prompts), 6))
+    measured = []
+    for pair, row in zip(edits[:2], rows[::2]):
+        edited = edit_model(model, model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), strong)
+        texts = generate(model.model, tokenizer, list(FLUENCY.prompts), 6, weights=edited)
+        assert row["fluency"] == pytest.approx(mean_ngram_entropy(texts)), pair["id"]
+        measured.append(row["fluency"])
+    assert [r["fluency"] for r in rows[1:4:2]] == pytest.approx([unedited, unedited])
+    # the check can fail: each edit's generations score differently, and differently from the unedited model's
+    assert len({round(f, 6) for f in measured + [unedited]}) == 3
+    assert evaluate_edits(model, tokenizer, edits[:1], [none], ref, MAX_LEN, fluency=FLUENCY)[0]["fluency"] is None  # n=0
+
+
+def test_setting_of_reads_strength_grid_names():
+    """`lr=<lr>,steps=<steps>` back to numbers, for every name `strength_grid` gives (per_edit carried through)."""
+    assert setting_of("lr=0.05,steps=4") == {"lr": 0.05, "steps": 4}
+    assert isinstance(setting_of("lr=0.05,steps=4")["steps"], int)
+    lrs, steps = (1e-2, 0.03, 0.1, 1.0, 2.5e-4), (1, 4, 10)
+    grid = strength_grid(lrs, steps, lambda lr: {"w": lr * 2}, per_edit=True)
+    assert [setting_of(p.name) for p in grid] == [{"lr": lr, "steps": n} for lr in lrs for n in steps]
+    assert [(p.lr, p.steps, p.per_edit) for p in grid] == [({"w": lr * 2}, n, True) for lr in lrs for n in steps]
+    assert not any(p.per_edit for p in strength_grid(lrs, steps, float))
 
 def test_held_out_is_a_seeded_prefix():
     """A smaller n takes a prefix of a larger n's sample; same seed same sample; the input is untouched."""
@@ -277,6 +402,7 @@ def test_chunked_locality_matches_whole_batch_formulas(model, tokenizer, ref, pa
     post = torch.log_softmax(after, -1)
     expected = {
         "ppl_drawdown": perplexity(post, batch["labels"]) / perplexity(torch.log_softmax(before, -1), batch["labels"]) - 1,
+        "ppl_post": perplexity(post, batch["labels"]),
         "kl": kl_divergence(before, after, batch["attention_mask"]).item(),
         "top1_agreement": ((before.argmax(-1) == after.argmax(-1)) & batch["attention_mask"].bool()).sum().item()
         / batch["attention_mask"].sum().item(),
@@ -299,3 +425,45 @@ def test_procedures_ending_on_the_same_weights_share_their_measurement(model, to
     assert strong["kl"] > ft["kl"] and strong["logp_new_post"] > ft["logp_new_post"]
     alone = measure_edit(model, tokenizer, pair, [], [until], ref, MAX_LEN)[0]
     assert {k: alone[k] for k in shared} == {k: until_row[k] for k in shared}  # the same numbers when measured alone
+
+
+def test_learned_inner_rates_scale_the_edit(tmp_path, tokenizer):
+    """A checkpoint saved with MAML's learned per-tensor multipliers (as stages/editable.py writes them): each
+    edited tensor's rate is lr * its multiplier, through `edit_learning_rates` and `LoadedModel.lr`, and one edit
+    step with those rates is the hand-computed SGD step with each tensor's own rate. Without the file: lr."""
+    edit = EditParams(blocks=1)
+    lm = tiny_llama(vocab=len(tokenizer))
+    names = edit_parameter_names(lm, edit)
+    learned = {name: 0.5 + 1.5 * i for i, name in enumerate(names)}  # 0.5, 2.0, 3.5: not uniform
+    inner_lr = 3e-2  # editable.inner_lr; the stage saves learned_lr / inner_lr, shape (1,)
+    trained, plain = tmp_path / "editable", tmp_path / "plain"
+    save_checkpoint(lm, tokenizer, trained)
+    save_checkpoint(lm, tokenizer, plain)
+    save_file({n: (torch.tensor(inner_lr * m) / inner_lr).reshape(1) for n, m in learned.items()}, trained / INNER_LR_SCALE_FILE)
+
+    lr = 0.2
+    rates = edit_learning_rates(trained, names, lr)
+    assert set(rates) == set(names)
+    assert {n: float(r) for n, r in rates.items()} == pytest.approx({n: lr * m for n, m in learned.items()}, rel=1e-6)
+    assert edit_learning_rates(plain, names, lr) == {n: lr for n in names}
+    models = {m.label: m for m in loaded_models({"editable": trained, "plain": plain}, edit, PASSAGES, MAX_LEN)}
+    assert models["editable"].model.names == names
+    assert {n: float(r) for n, r in models["editable"].lr(lr).items()} == pytest.approx({n: lr * m for n, m in learned.items()}, rel=1e-6)
+    assert models["plain"].lr(lr) == {n: lr for n in names}
+
+    loaded = models["editable"]
+    pair = PAIRS[2]
+    edited = edit_model(loaded.model, loaded.model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), Procedure("ft", loaded.lr(lr), 1))
+    uniform = edit_model(loaded.model, loaded.model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), Procedure("ft", lr, 1))
+    # By hand: the name tokens' mean cross-entropy on the loaded HF model, one SGD step per tensor.
+    ids, labels = encode_edit(tokenizer, pair["prefix"], pair["new_name"], MAX_LEN)
+    n_name = sum(label != -100 for label in labels)
+    start = {n: loaded.model.model.get_parameter(n).detach().clone().requires_grad_(True) for n in names}
+    logits = functional_call(loaded.model.model, start, args=(), kwargs={"input_ids": torch.tensor([ids])}).logits
+    loss = F.cross_entropy(logits[0, -n_name - 1 : -1], torch.tensor(labels[-n_name:]))
+    grads = dict(zip(names, torch.autograd.grad(loss, list(start.values()))))
+    for name in names:
+        expected = start[name].detach() - lr * learned[name] * grads[name]
+        torch.testing.assert_close(edited[name], expected, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+        assert (uniform[name] - expected).abs().max() > 1e-3 * grads[name].abs().max()  # the multiplier matters
+        assert torch.equal(loaded.model.model.get_parameter(name), lm.get_parameter(name))  # the model is untouched

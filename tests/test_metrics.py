@@ -12,8 +12,8 @@ import numpy as np
 from editable_lm.editing import IGNORE
 from editable_lm.split_forward import Targets
 from editable_lm.metrics import (
-    bootstrap_ci, edit_success, paired_bootstrap, paired_differences, perplexity, relative_drawdown, sequence_logprob,
-    summarize,
+    bootstrap_ci, edit_success, headline, paired_bootstrap, paired_differences, perplexity, relative_drawdown,
+    sequence_logprob, summarize,
 )
 
 V = 7
@@ -119,3 +119,58 @@ def test_paired_differences_match_edits_by_id():
     out = paired_differences(rows, [("editable", "finetuned")], ("x",), n_bootstrap=100)
     assert out["editable-finetuned"]["ft"]["x"]["n"] == 3
     assert out["editable-finetuned"]["ft"]["x"]["mean"] == pytest.approx(2 / 3)
+
+
+def test_paired_differences_skip_none_per_key():
+    """Per key, only the edits where both models have a value count (`n` says how many), each paired with its own
+    edit; a key no edit has, or that only one model ever has, is left out; other keys keep every edit."""
+    a = {5: {"x": 1.0, "g": 1.0, "f": 0.5}, 6: {"x": 0.0, "g": None, "f": 3.0}, 7: {"x": 1.0, "g": 0.0, "f": 9.0},
+         8: {"x": 1.0, "g": 1.0, "f": 1.0}}
+    b = {5: {"x": 0.0, "g": 0.0, "f": 1.5}, 6: {"x": 0.0, "g": 1.0, "f": 1.0}, 7: {"x": 0.0, "g": None, "f": None},
+         8: {"x": 1.0, "g": 0.0, "f": 1.0}}
+    rows = [{"model": model, "procedure": "ft", "edit_id": i, "absent": None, "lonely": 1.0 if model == "editable" else None,
+             **values[i]} for model, values in (("editable", a), ("finetuned", b)) for i in (8, 6, 5, 7)]
+    keys = ("x", "g", "f", "absent", "lonely", "nowhere")
+    out = paired_differences(rows, [("editable", "finetuned")], keys, n_bootstrap=200)["editable-finetuned"]["ft"]
+    assert set(out) == {"x", "g", "f"}
+    # By hand: x over edits 5-8, g over 5 and 8 (6: a lacks it, 7: b lacks it), f over 5, 6 and 8 (7: b lacks it).
+    assert (out["x"]["n"], out["g"]["n"], out["f"]["n"]) == (4, 2, 3)
+    assert out["x"]["mean"] == pytest.approx((1 + 0 + 1 + 0) / 4)
+    assert out["g"]["mean"] == pytest.approx((1 + 1) / 2) and out["g"]["low"] == out["g"]["high"] == 1.0
+    # f's differences per edit: 5: -1, 6: +2, 8: 0 (edit 7's 9.0 would pull the mean to 2.75 if it counted)
+    assert out["f"]["mean"] == pytest.approx(1 / 3) and out["f"]["median"] == pytest.approx(0.0)
+    assert out["f"] == paired_bootstrap([1.0, 3.0, 0.5], [1.0, 1.0, 1.5], 200)  # edits 8, 6, 5 as the rows list them
+
+
+SUMMARY = {
+    "n_edits": 3,
+    "base": {"edit_lr": 0.1, "ppl_unedited": 20.0, "fluency_unedited": 5.0,
+             "ft": {"edit_success": 0.5, "edit_success_low": 0.2, "edit_success_high": 0.8, "kl": 0.1, "kl_median": 0.05,
+                    "fluency_n": 2}},
+    "editable": {"edit_lr": 0.03, "ppl_unedited": 21.0, "fluency_unedited": 4.5,
+                 "ft": {"edit_success": 0.9, "edit_success_low": 0.7, "edit_success_high": 1.0, "kl": 0.3, "fluency": 4.0},
+                 "ft_kl": {"edit_success": 0.8, "kl": 0.01}},
+    "differences": {
+        "editable-base": {"ft": {"edit_success": {"mean": 0.4, "low": 0.1, "high": 0.7, "median": 0.5, "n": 3},
+                                 "kl": {"mean": 0.2, "low": -0.1, "high": 0.5, "median": 0.1, "n": 3}}},
+        "editable-finetuned": {"ft": {"edit_success": {"mean": -1.0, "low": -2.0, "high": 0.0, "median": -1.0, "n": 3}}},
+    },
+}
+
+
+def test_headline_keeps_means_only():
+    """Per model: the `_unedited` figures and, per procedure, the means of the asked keys that it has (no bounds,
+    medians, counts, other keys or scalars such as edit_lr); per asked comparison the mean paired difference."""
+    out = headline(SUMMARY, ("base", "editable"), ("edit_success", "fluency"), ("editable-base",))
+    assert out == {
+        "base": {"ppl_unedited": 20.0, "fluency_unedited": 5.0, "ft": {"edit_success": 0.5}},
+        "editable": {"ppl_unedited": 21.0, "fluency_unedited": 4.5, "ft": {"edit_success": 0.9, "fluency": 4.0},
+                     "ft_kl": {"edit_success": 0.8}},
+        "editable-base": {"ft": {"edit_success": 0.4}},
+    }
+    both = headline(SUMMARY, ("editable",), ("kl",), ("editable-base", "editable-finetuned"))
+    assert both == {"editable": {"ppl_unedited": 21.0, "fluency_unedited": 4.5, "ft": {"kl": 0.3}, "ft_kl": {"kl": 0.01}},
+                    "editable-base": {"ft": {"kl": 0.2}}, "editable-finetuned": {"ft": {}}}
+    numbers = [v for model in out.values() for v in model.values() if not isinstance(v, dict)]
+    numbers += [v for model in out.values() for p in model.values() if isinstance(p, dict) for v in p.values()]
+    assert all(isinstance(v, float) for v in numbers)  # nothing nested deeper than procedure -> key -> mean
