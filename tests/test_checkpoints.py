@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,21 +35,47 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    """A tiny base checkpoint, training passages and edit pairs, and params for a short run."""
-    work = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(*build_base_model("tiny-random-gpt2"), work / "base")
+def inputs(tmp_path_factory) -> Path:
+    """A tiny base checkpoint, training passages and edit pairs, and params for a short run.
+
+    Built once per module (the tokenizer is slow to read) and never written to: each test works on its own copy.
+    """
+    inputs = tmp_path_factory.mktemp("ckpt-inputs")
+    save_checkpoint(*build_base_model("tiny-random-gpt2"), inputs / "base")
     names = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Emmy Noether", "Marie Curie", "Niels Bohr"]
-    write_jsonl(work / "split" / "passages_train.jsonl", [
+    write_jsonl(inputs / "split" / "passages_train.jsonl", [
         {"id": i, "article_id": i % 6, "text": f"{names[i % 6]} wrote paper number {i} about engines and numbers."}
         for i in range(24)
     ])
-    write_jsonl(work / "split" / "pairs_train.jsonl", [
+    write_jsonl(inputs / "split" / "pairs_train.jsonl", [
         {"id": i, "article_id": i, "prefix": f"Paper {i} was written by", "new_name": names[(i + 1) % 6]}
         for i in range(6)
     ])
-    write_params(work / "params.yaml", SETTINGS)
-    return work
+    write_params(inputs / "params.yaml", SETTINGS)
+    return inputs
+
+
+@pytest.fixture
+def work(inputs, tmp_path) -> Path:
+    """This test's own working directory: a fresh copy of the inputs, nothing else."""
+    return Path(shutil.copytree(inputs, tmp_path / "work"))
+
+
+@pytest.fixture(scope="module")
+def straight(inputs, tmp_path_factory):
+    """`straight(stage)`: the directory of an uninterrupted run of `stage` on the inputs (outputs `<stage>` and
+    `<stage>-live`), run the first time a test asks for it and only read afterwards."""
+    runs = tmp_path_factory.mktemp("ckpt-straight")
+    shutil.copytree(inputs, runs, dirs_exist_ok=True)
+    done = set()
+
+    def get(stage: str) -> Path:
+        if stage not in done:
+            run_stage(runs, stage, stage, None)
+            done.add(stage)
+        return runs
+
+    return get
 
 
 def write_params(path: Path, changes: dict) -> None:
@@ -102,38 +129,40 @@ def logged_losses(live: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("stage", ["finetune", "editable"])
-def test_killed_run_resumes_to_identical_weights(work, stage):
+def test_killed_run_resumes_to_identical_weights(work, straight, stage):
     """Kill after a checkpoint, rerun: same final weights (bit for bit), same curves, checkpoint removed."""
-    run_stage(work, stage, f"{stage}-straight", None)
+    reference = straight(stage)
     _, step = kill_after_first_checkpoint(work, stage, f"{stage}-resumed", f"ckpt-{stage}")
     assert 0 < step < STEPS and step % EVERY == 0
     assert not (work / f"{stage}-resumed").exists()  # outputs are written only at the end
 
     result = run_stage(work, stage, f"{stage}-resumed", f"ckpt-{stage}")
     assert f"resuming at step {step}" in result.stdout
-    assert_same_weights(work / f"{stage}-straight", work / f"{stage}-resumed")
-    assert logged_losses(work / f"{stage}-resumed-live") == logged_losses(work / f"{stage}-straight-live")
-    assert len(next(iter(logged_losses(work / f"{stage}-straight-live").values()))) == 1 + STEPS
+    assert_same_weights(reference / stage, work / f"{stage}-resumed")
+    assert logged_losses(work / f"{stage}-resumed-live") == logged_losses(reference / f"{stage}-live")
+    assert len(next(iter(logged_losses(reference / f"{stage}-live").values()))) == 1 + STEPS
     if stage == "editable":  # the learned inner learning rates were restored too
-        scales = [load_file(work / f"{stage}-{run}" / "inner_lr_scale.safetensors") for run in ("straight", "resumed")]
+        scales = [load_file(path / "inner_lr_scale.safetensors") for path in (reference / stage, work / f"{stage}-resumed")]
+        assert scales[0].keys() == scales[1].keys() and scales[0]
         assert all(torch.equal(scales[0][k], scales[1][k]) for k in scales[0])
     assert not (work / f"ckpt-{stage}").exists()
 
 
-def test_checkpoint_from_other_params_or_inputs_is_not_used(work):
-    """A checkpoint made with other params, from other inputs, or unreadable: start fresh and say why."""
+def test_checkpoint_from_other_params_or_inputs_is_not_used(work, straight):
+    """A checkpoint made with other params, or unreadable: start fresh, say why, and end on the weights of an
+    uninterrupted run."""
     kill_after_first_checkpoint(work, "finetune", "ft-other", "ckpt-other")
     write_params(work / "other.yaml", {**SETTINGS, "train": {**SETTINGS["train"], "lr": 2e-3}})
     result = run_stage(work, "finetune", "ft-other", "ckpt-other", params="other.yaml")
     assert "made with other params; training starts from step 0" in result.stdout
+    assert not (work / "ckpt-other").exists()
 
     kill_after_first_checkpoint(work, "finetune", "ft-other", "ckpt-other")
     state = work / "ckpt-other" / "state.safetensors"
     state.write_bytes(state.read_bytes()[:100])
     result = run_stage(work, "finetune", "ft-other", "ckpt-other")
     assert "unreadable (SafetensorError); training starts from step 0" in result.stdout
-    if (work / "finetune-straight").exists():  # made by the test above: a fresh start gives its weights
-        assert_same_weights(work / "ft-other", work / "finetune-straight")
+    assert_same_weights(work / "ft-other", straight("finetune") / "finetune")  # a fresh start, not the corrupt state
 
 
 def test_checkpoint_every_zero_writes_nothing(work):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from editable_lm.evaluation import EDIT_METRICS
+from editable_lm.evaluation import COMPARED_METRICS, EDIT_METRICS
 from smoke import SMOKE, SmokeRun, repro, run, set_params
 
 
@@ -21,27 +21,80 @@ def repo(tmp_path_factory, smoke_run: SmokeRun) -> Path:
     return smoke_run.copy(tmp_path_factory.mktemp("pipeline") / "editable-lm")
 
 
+HEADLINE = ("edit_success", "generality", "neighbourhood", "ppl_drawdown", "ppl_post", "fluency")  # evaluate.json's
+PROCEDURES = ("ft", "ft_kl", "until_success")
+
+
 def test_metrics_have_every_key_and_are_finite(repo):
-    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    n_edits = SMOKE["reliability"]["n_edits"]
-    assert metrics["n_edits"] == n_edits
+    """evaluate_details.json: every summary with its interval, each model at its tuned lr, every compared metric
+    paired; evaluate.json: only the headline means, the same numbers; tune.json: the tuned settings."""
+    details = json.loads((repo / "metrics" / "evaluate_details.json").read_text())
+    n_edits, rel = SMOKE["reliability"]["n_edits"], SMOKE["reliability"]
+    assert details["n_edits"] == n_edits
+    assert len(details["fluency_prompts"]) == rel["n_fluency_prompts"] and all(details["fluency_prompts"])
     tuned = json.loads((repo / "metrics" / "tune.json").read_text())
+    assert tuned["n_edits"] == SMOKE["tune"]["n_edits"]
     for model in ("base", "finetuned", "editable"):
-        assert metrics[model]["edit_lr"] == tuned[model]["edit_lr"] in SMOKE["sweep"]["lrs"]
-        assert 1 < metrics[model]["ppl_unedited"] < math.inf
-        for procedure in ("ft", "ft_kl", "until_success"):
-            values = metrics[model][procedure]
+        assert details[model]["edit_lr"] == tuned[model]["edit_lr"] in SMOKE["sweep"]["lrs"]
+        assert tuned[model]["batch_lr"] in SMOKE["sweep"]["lrs"] and tuned[model]["batch_steps"] in SMOKE["tune"]["batch_steps"]
+        assert 1 < details[model]["ppl_unedited"] < math.inf and details[model]["fluency_unedited"] >= 0
+        for procedure in PROCEDURES:
+            values = details[model][procedure]
             # generality needs probes, which a 3-edit sample may lack, steps_to_success a success
             assert set(EDIT_METRICS) - {"generality", "steps_to_success"} <= set(values)
             assert all(math.isfinite(v) for v in values.values())
             assert values["edit_success_low"] <= values["edit_success"] <= values["edit_success_high"]
+            assert values["neighbourhood"] == pytest.approx(1 - values["leakage"])
+            assert values["fluency_n"] == rel["n_fluency_edits"] < n_edits  # fluency on the first edits only
     for comparison in ("editable-finetuned", "editable-base"):
-        d = metrics["differences"][comparison]["ft"]["edit_success"]
-        assert d["low"] <= d["mean"] <= d["high"] and d["n"] == n_edits
+        for procedure in PROCEDURES:
+            paired = details["differences"][comparison][procedure]
+            assert set(COMPARED_METRICS) - {"generality"} <= set(paired) <= set(COMPARED_METRICS)
+            for key, d in paired.items():
+                assert d["low"] <= d["mean"] <= d["high"], (comparison, procedure, key)
+            assert paired["edit_success"]["n"] == n_edits and paired["fluency"]["n"] == rel["n_fluency_edits"]
+    # The headline: the same numbers, means only
+    headline = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert headline == {
+        "n_edits": n_edits,
+        **{m: {"ppl_unedited": details[m]["ppl_unedited"], "fluency_unedited": details[m]["fluency_unedited"],
+               **{p: {k: details[m][p][k] for k in HEADLINE if k in details[m][p]} for p in PROCEDURES}}
+           for m in ("base", "finetuned", "editable")},
+        "editable-finetuned": {p: {k: d["mean"] for k, d in details["differences"]["editable-finetuned"][p].items() if k in HEADLINE}
+                               for p in PROCEDURES},
+    }
     rows = (repo / "metrics" / "evaluate_edits.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 3 * n_edits
-    shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "edit_success" in shown and "loss_base" in shown and "retention" in shown and "differences" in shown
+
+
+def numbers(tree: dict, prefix: str = "") -> dict:
+    """A metrics file's leaves as {"a.b.c": value}."""
+    out = {}
+    for key, value in tree.items():
+        out.update(numbers(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_declared_metrics_are_headline_numbers(repo):
+    """`dvc metrics show` reads only headline numbers: no bounds, medians, counts, grids or paired-difference
+    records (those are in the *_details.json and tune_grid.json outputs), and nothing but numbers."""
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = shown[""]["data"]
+    assert set(files) == {"dvclive/finetune/metrics.json", "dvclive/editable/metrics.json", "metrics/tune.json",
+                          "metrics/evaluate.json", "metrics/sweep.json", "metrics/sequential.json"}
+    for name, content in files.items():
+        leaves = numbers(content["data"])
+        assert leaves, name
+        for key, value in leaves.items():
+            assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, key, value)
+            assert not key.endswith(("_low", "_high", "_median", "_n")), (name, key)
+            assert not {"grid", "differences", "mean", "low", "high", "matched"} & set(key.split(".")), (name, key)
+    leaves = numbers(files["metrics/evaluate.json"]["data"])
+    assert "editable-finetuned.ft.edit_success" in leaves and "base.ft.ppl_post" in leaves
+    assert f"editable.after_{SMOKE['sequential']['n_edits']}.retention" in numbers(files["metrics/sequential.json"]["data"])
+    assert "train.loss_base" in numbers(files["dvclive/finetune/metrics.json"]["data"])
+    for name in ("evaluate_details.json", "sweep_details.json", "tune_grid.json"):
+        assert (repo / "metrics" / name).is_file() and name not in json.dumps(files)  # plain outputs, not metrics
 
 
 def test_report_and_figures(repo):
@@ -53,7 +106,7 @@ def test_report_and_figures(repo):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"figures/{figure}.png" in report
     sweep = (repo / "metrics" / "sweep.csv").read_text().splitlines()
-    assert len(sweep) == 1 + 3 * len(SMOKE["sweep"]["lrs"]) * len(SMOKE["sweep"]["steps"])
+    assert len(sweep) == 1 + 2 * 3 * len(SMOKE["sweep"]["lrs"]) * len(SMOKE["sweep"]["steps"])  # val and test
 
 
 def test_nothing_to_do_when_unchanged(repo):
@@ -141,22 +194,49 @@ def test_missing_input_is_a_clear_error(repo, tmp_path):
     assert not (tmp_path / "p.jsonl").exists()
 
 
-def test_test_edits_never_reach_tuning_or_training(smoke_run: SmokeRun, tmp_path):
-    """Scrambled test edits change neither the learning rates tuned on validation edits nor the trained models."""
+SCRAMBLED = {  # test-split files, and what each row becomes: nothing of the held-out test data survives
+    "pairs_test.jsonl": lambda row: {**row, "prefix": "Nothing to see here:", "new_name": "Zork Quux"},
+    "passages_test.jsonl": lambda row: {**row, "text": f"Zork quux frobnicates the blorb {row['id']} times, said nobody."},
+}
+
+
+def outputs(directory: Path) -> dict[str, bytes]:
+    """Every file under a stage's output directory, by relative path."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_test_data_never_reaches_tuning_or_training(smoke_run: SmokeRun, tmp_path):
+    """Scrambled test edits and test passages change neither the settings tuned on validation edits (nor their
+    validation grid) nor the trained models (weights, learned inner rates, every file)."""
     repo = smoke_run.copy(tmp_path / "editable-lm")
     scrambled = tmp_path / "split"
     scrambled.mkdir()
     for file in (repo / "data" / "split").iterdir():
         rows = [json.loads(line) for line in file.read_text().splitlines()]
-        if file.name == "pairs_test.jsonl":
-            rows = [{**row, "prefix": "Nothing to see here:", "new_name": "Zork Quux"} for row in rows]
+        if file.name in SCRAMBLED:
+            assert rows, file.name  # something to scramble
+            rows = [SCRAMBLED[file.name](row) for row in rows]
         (scrambled / file.name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for name in SCRAMBLED:
+        assert (scrambled / name).read_text() != (repo / "data" / "split" / name).read_text()
     models = [f"--{m}={repo / 'models' / m}" for m in ("base", "finetuned", "editable")]
-    run([sys.executable, "stages/tune.py", f"--split={scrambled}", *models, f"--out={tmp_path / 'tune.json'}"], repo)
-    assert json.loads((tmp_path / "tune.json").read_text()) == json.loads((repo / "metrics" / "tune.json").read_text())
-    for stage in ("finetune", "editable"):
+    run([sys.executable, "stages/tune.py", f"--split={scrambled}", *models,
+         f"--out={tmp_path / 'tune.json'}", f"--grid={tmp_path / 'tune_grid.json'}"], repo)
+    for name in ("tune.json", "tune_grid.json"):
+        assert json.loads((tmp_path / name).read_text()) == json.loads((repo / "metrics" / name).read_text()), name
+    # The sweep reads test edits, but chooses each model's matched setting on validation edits only.
+    run([sys.executable, "stages/sweep.py", f"--split={scrambled}", *models, f"--metrics={tmp_path / 'sweep.json'}",
+         f"--details={tmp_path / 'sweep_details.json'}", f"--rows={tmp_path / 'sweep.csv'}"], repo)
+    swept, committed = (json.loads(path.read_text()) for path in (tmp_path / "sweep_details.json",
+                                                                   repo / "metrics" / "sweep_details.json"))
+    for m in ("base", "finetuned", "editable"):
+        assert swept[m]["matched"]["setting"] == committed[m]["matched"]["setting"], m
+        assert swept[m]["grid"]["val"] == committed[m]["grid"]["val"], m
+    assert any(swept[m]["grid"]["test"] != committed[m]["grid"]["test"] for m in ("base", "finetuned", "editable"))
+    for stage, model in (("finetune", "finetuned"), ("editable", "editable")):
         out = tmp_path / stage
         run([sys.executable, f"stages/{stage}.py", "--base=models/base", f"--split={scrambled}", f"--out={out}",
              f"--live={tmp_path / 'live' / stage}", f"--resume-dir={tmp_path / 'ckpt' / stage}"], repo)
-        trained = (repo / "models" / {"finetune": "finetuned"}.get(stage, stage) / "model.safetensors").read_bytes()
-        assert (out / "model.safetensors").read_bytes() == trained, stage
+        trained = outputs(repo / "models" / model)
+        assert "model.safetensors" in trained
+        assert outputs(out) == trained, stage

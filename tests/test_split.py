@@ -49,13 +49,30 @@ def test_too_few_articles(ids):
 
 
 @pytest.mark.parametrize("n", [3, 4, 5])
-def test_few_articles_split_or_clear_error(n):
-    """A handful of articles either splits into three non-empty splits or fails with EditLMError."""
-    try:
-        assignment = split_articles(list(range(n)), SplitParams())
-    except EditLMError:
-        return
-    assert set(assignment.values()) == set(SPLITS)
+def test_few_articles_too_few_for_default_fractions(n):
+    """With 10% + 10% held out, 3 to 5 articles hold out a single article, which cannot fill both val
+    and test: a clear EditLMError naming the count, not sklearn's ValueError."""
+    with pytest.raises(EditLMError, match=rf"^split: {n} articles are too few for these fractions \("):
+        split_articles(list(range(n)), SplitParams())
+
+
+def test_six_articles_fill_every_split():
+    """Six articles are the fewest the default fractions split: 4 train, 1 val, 1 test, and the counts
+    pass `check_split` (one row per article)."""
+    assignment = split_articles(list(range(6)), SplitParams())
+    assert sorted(assignment) == list(range(6))
+    sizes = {s: list(assignment.values()).count(s) for s in SPLITS}
+    assert sizes == {"train": 4, "val": 1, "test": 1}
+    check_split({(s, kind): sizes[s] for s in SPLITS for kind in ("passages", "pairs")}, {})
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(3, (1, 1, 1)), (4, (1, 1, 2)), (5, (2, 1, 2))])
+def test_few_articles_split_with_larger_fractions(n, sizes):
+    """With 30% + 30% held out, three articles already fill the three splits, whatever the seed."""
+    for seed in range(3):
+        assignment = split_articles(list(range(n)), SplitParams(val_frac=0.3, test_frac=0.3, seed=seed))
+        assert sorted(assignment) == list(range(n))
+        assert tuple(list(assignment.values()).count(s) for s in SPLITS) == sizes
 
 
 def counts(passages=(10, 5, 5), pairs=(10, 5, 5)) -> dict[tuple[str, str], int]:
