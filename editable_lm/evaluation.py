@@ -322,14 +322,27 @@ def batched_edits(
     Fair batches need `procedure.per_edit` (each edit pulls as hard as it would alone) and their own
     tuned lr and steps (`tune_batches`).
     """
-    rows = []
-    for start in range(0, len(pairs), batch_size):
-        batch = model.prepare(encode_edits(pairs[start : start + batch_size], tokenizer, max_len))
-        params = edit_model(model, batch, procedure)
-        success = edit_success(model.target_logits(batch, params), batch.targets).float().mean().item()
-        rows.append({"batch_size": batch_size, "batch": start // batch_size, "edit_success": success,
-                     **locality(model, ref, params)})
-    return rows
+    return batched_grid(model, tokenizer, pairs, [procedure], ref, max_len, batch_size)[procedure.name]
+
+
+@torch.no_grad()
+def batched_grid(
+    model: SplitForward, tokenizer, pairs: list[dict], procedures: list[Procedure], ref: Reference, max_len: int,
+    batch_size: int,
+) -> dict[str, list[dict]]:
+    """`batched_edits` for each procedure (name -> rows), the batches prepared once for all of them: a batch's
+    lower blocks over `batch_size` edits cost far more than its few edit steps."""
+    batches = [model.prepare(encode_edits(pairs[start : start + batch_size], tokenizer, max_len))
+               for start in range(0, len(pairs), batch_size)]
+    out = {}
+    for procedure in procedures:
+        rows = []
+        for index, batch in enumerate(batches):
+            params = edit_model(model, batch, procedure)
+            success = edit_success(model.target_logits(batch, params), batch.targets).float().mean().item()
+            rows.append({"batch_size": batch_size, "batch": index, "edit_success": success, **locality(model, ref, params)})
+        out[procedure.name] = rows
+    return out
 
 
 def without_probes(pairs: list[dict]) -> list[dict]:

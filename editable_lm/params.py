@@ -167,7 +167,8 @@ class TuneParams(Section):
     n_edits: Int = AtLeast(30, 1)  # validation edits
     n_ppl_passages: Int = AtLeast(4, 1)  # validation passages for the drawdown
     target_success: Float = Field(0.95, ge=0, le=1)  # lowest drawdown among lrs reaching this success, else best success
-    batch_size: Int = AtLeast(10, 1)  # batched edits are tuned on batches of this size
+    batch_size: Int = AtLeast(10, 1)  # batched edits are tuned on batches of this size ...
+    n_batch_edits: Int = AtLeast(20, 1)  # ... made of the first n_batch_edits validation edits
     batch_steps: tuple[Annotated[Int, Field(ge=1)], ...] = Field((2, 5), min_length=1)
 
 

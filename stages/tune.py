@@ -10,7 +10,7 @@ from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.evaluation import (
-    MODELS, batched_edits, best_setting, evaluate_edits, held_out, loaded_models, setting_of, strength_grid, without_probes,
+    MODELS, batched_grid, best_setting, evaluate_edits, held_out, loaded_models, setting_of, strength_grid, without_probes,
 )
 from editable_lm.metrics import summarize, summarize_by
 from editable_lm.storage import read_jsonl, write_json
@@ -28,10 +28,10 @@ def main() -> None:
         procs = strength_grid(params.sweep.lrs, [cfg.edit_steps], m.lr)
         grid = summarize_by(evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, label=m.label), "procedure", KEYS)
         best = best_setting(grid, tune.target_success)
-        batch_grid = {
-            p.name: summarize(batched_edits(m.model, m.tokenizer, pairs, p, m.ref, cfg.seq_len, tune.batch_size), KEYS)
-            for p in strength_grid(params.sweep.lrs, tune.batch_steps, m.lr, per_edit=True)
-        }
+        batch_procs = strength_grid(params.sweep.lrs, tune.batch_steps, m.lr, per_edit=True)
+        batch_rows = batched_grid(m.model, m.tokenizer, pairs[: tune.n_batch_edits], batch_procs, m.ref, cfg.seq_len,
+                                  tune.batch_size)
+        batch_grid = {name: summarize(rows, KEYS) for name, rows in batch_rows.items()}
         batch_best = best_setting(batch_grid, tune.target_success)
         batch = setting_of(batch_best)
         chosen[m.label] = {"edit_lr": setting_of(best)["lr"], "batch_lr": batch["lr"], "batch_steps": batch["steps"]}
