@@ -15,6 +15,7 @@ import json
 import subprocess
 
 import numpy as np
+import yaml
 
 from editable_lm.cli import run_stage
 from editable_lm.errors import EditLMError
@@ -41,20 +42,12 @@ def experiment_revisions(shown: list[dict]) -> dict[str, str]:
     return revisions
 
 
-def git_json(rev: str, path: str) -> dict:
+def git_show(rev: str, path: str) -> str:
+    """The text of `path` at the git revision `rev`."""
     result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
     if result.returncode != 0:
         raise EditLMError(f"{rev}: no {path} in that revision ({result.stderr.strip()})")
-    return json.loads(result.stdout)
-
-
-def git_params(rev: str) -> dict:
-    import yaml
-
-    result = subprocess.run(["git", "show", f"{rev}:params.yaml"], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise EditLMError(f"{rev}: no params.yaml in that revision")
-    return yaml.safe_load(result.stdout)
+    return result.stdout
 
 
 def run_figures(details: dict) -> dict[str, float | str]:
@@ -116,9 +109,9 @@ def main() -> None:
     runs, seeds = {}, {}
     for name in args.runs:
         rev = revisions.get(name, name)
-        params = git_params(rev)
+        params = yaml.safe_load(git_show(rev, "params.yaml"))
         seeds[name] = f"split {params['split']['seed']}, train {params['train']['seed']}"
-        runs[name] = run_figures(git_json(rev, DETAILS))
+        runs[name] = run_figures(json.loads(git_show(rev, DETAILS)))
     summary = spread(runs)
     print(markdown(runs, summary, seeds))
     if args.out:
