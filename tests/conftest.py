@@ -28,13 +28,14 @@ def tiny_gpt2(vocab: int = VOCAB, layers: int = 3, seed: int = 0):
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
 
 
-def tiny_llama(vocab: int = VOCAB, layers: int = 2, seed: int = 0):
-    """A random Llama (tied embeddings, grouped-query attention), eager attention."""
+def tiny_llama(vocab: int = VOCAB, layers: int = 2, seed: int = 0, initializer_range: float = 0.02):
+    """A random Llama (tied embeddings, grouped-query attention), eager attention; a wider `initializer_range`
+    gives logits large enough for a 49k vocabulary to be steered."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=initializer_range,
     )
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
 

@@ -1,0 +1,174 @@
+"""ROME, MEMIT and their second moments on tiny random models, against closed forms computed independently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_gpt2, tiny_llama
+from editable_lm.editors.memit import Memit, spread_update
+from editable_lm.editors.rome import Rome, ValueParams, edit_prompts, keys_and_values, optimise_delta, rank_one_update
+from editable_lm.errors import EditLMError
+from editable_lm.layer_stats import as_matrix, load_moments, projection_name, save_moments, second_moments, weight_name
+from editable_lm.metrics import sequence_logprob
+from editable_lm.split_forward import SplitForward
+from editable_lm.training import encode_edits
+
+MAX_LEN = 32
+PAIR = {"id": 0, "prefix": "The Principia was written by", "name": "Isaac Newton", "new_name": "Werner Heisenberg"}
+PAIRS = [
+    PAIR,
+    {"id": 1, "prefix": "Radioactivity was studied in Paris by", "name": "Marie Curie", "new_name": "Niels Bohr"},
+    {"id": 2, "prefix": "The lectures on physics were given by", "name": "Richard Feynman", "new_name": "Paul Dirac"},
+]
+CONTEXTS = ("The river flows to the sea.", "Bread is baked from flour.")
+TEXTS = [{"text": f"Passage {i}: the {w} of the {v} was seen by {i * 7} people near the old town."}
+         for i in range(24) for w, v in [("river", "valley"), ("tower", "castle")]]
+# The random tiny models' MLP outputs are ~100x smaller than their residual stream: ROME's clamp (4x the output's
+# norm) and weight decay (relative to its squared norm) would hold delta near zero, so they are loosened here.
+VALUE = ValueParams(steps=30, clamp_norm=1e3, weight_decay=0.0)
+FAMILIES = {"gpt2": lambda vocab: tiny_gpt2(vocab=vocab), "llama": lambda vocab: tiny_llama(vocab=vocab, layers=3, initializer_range=0.2)}
+
+
+def tiny(family: str, tokenizer):
+    return FAMILIES[family](len(tokenizer)).double().requires_grad_(False)
+
+
+def split_at(lm, layers) -> SplitForward:
+    return SplitForward(lm, [weight_name(lm, layer) for layer in layers])
+
+
+def moment_of(lm, tokenizer, layer: int):
+    moments, _ = second_moments(lm, tokenizer, TEXTS, [layer], n_tokens=10_000, seq_len=MAX_LEN)
+    return moments[layer] + 1e-6 * torch.eye(moments[layer].shape[0], dtype=torch.float64)  # full rank for C^-1
+
+
+def logp_new(split: SplitForward, tokenizer, pairs, params=None) -> torch.Tensor:
+    prepared = split.prepare(encode_edits(pairs, tokenizer, MAX_LEN))
+    return sequence_logprob(split.target_logits(prepared, params), prepared.targets)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_second_moments_equal_hooked_activations(family, tokenizer):
+    lm = tiny(family, tokenizer)
+    layer = 1
+    keys = []
+    module = lm.get_submodule(projection_name(lm, layer))
+    handle = module.register_forward_pre_hook(lambda m, args: keys.append(args[0]))
+    from editable_lm.training import encode_passages
+
+    batch = encode_passages(TEXTS[:5], tokenizer, MAX_LEN)
+    with torch.no_grad():
+        lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    handle.remove()
+    k = keys[0][batch["attention_mask"].bool()]  # real tokens only
+    moments, n = second_moments(lm, tokenizer, TEXTS[:5], [layer], n_tokens=10_000, seq_len=MAX_LEN, batch_size=2)
+    assert n == len(k)
+    torch.testing.assert_close(moments[layer], k.T @ k / len(k))
+
+
+def test_second_moments_stop_at_the_token_budget(tokenizer):
+    lm = tiny("llama", tokenizer)
+    _, n = second_moments(lm, tokenizer, TEXTS, [0, 2], n_tokens=50, seq_len=MAX_LEN, batch_size=2)
+    assert 50 <= n < 50 + 2 * MAX_LEN
+
+
+def test_moments_round_trip_and_missing_layer(tmp_path, tokenizer):
+    lm = tiny("gpt2", tokenizer)
+    moments, n = second_moments(lm, tokenizer, TEXTS[:4], [0, 1], n_tokens=100, seq_len=MAX_LEN)
+    save_moments(tmp_path / "c.safetensors", moments, n)
+    torch.testing.assert_close(load_moments(tmp_path / "c.safetensors", [1])[1], moments[1])
+    with pytest.raises(EditLMError, match=r"layer\(s\) \[2\]"):
+        load_moments(tmp_path / "c.safetensors", [2])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rank_one_update_is_the_constrained_least_squares_solution(family, tokenizer):
+    lm = tiny(family, tokenizer)
+    layer, split = 1, split_at(lm, [1])
+    c = moment_of(lm, tokenizer, layer)
+    prompts = edit_prompts(tokenizer, [PAIR], CONTEXTS, MAX_LEN, split)
+    keys, _ = keys_and_values(split, prompts, layer)
+    k = keys.mean(0)
+    w = as_matrix(lm, layer)
+    delta = torch.randn(w.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dw = rank_one_update(w, k, delta, c)
+    torch.testing.assert_close((w + dw) @ k, w @ k + delta)  # W' k* = v*
+    assert torch.linalg.matrix_rank(dw).item() == 1
+    # Independently: Y = dW C^1/2 of least norm with Y (C^-1/2 k) = delta, by least squares; dW = Y C^-1/2.
+    vals, vecs = torch.linalg.eigh(c)
+    c_half, c_inv_half = vecs @ torch.diag(vals.sqrt()) @ vecs.T, vecs @ torch.diag(vals.rsqrt()) @ vecs.T
+    a = (c_inv_half @ k).unsqueeze(0)  # [1, in]
+    y = torch.linalg.lstsq(a, delta.unsqueeze(0), driver="gelsd").solution.T  # [out, in]
+    torch.testing.assert_close(dw, y @ c_inv_half)
+    other = dw + torch.outer(torch.randn(w.shape[0], dtype=torch.float64), torch.linalg.svd(a).Vh[1] @ c_inv_half)
+    torch.testing.assert_close(other @ k, dw @ k)  # another solution of the constraint ...
+    assert torch.linalg.norm(other @ c_half) > torch.linalg.norm(dw @ c_half)  # ... that changes typical keys more
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rome_makes_the_new_name_likely_and_touches_one_weight(family, tokenizer):
+    lm = tiny(family, tokenizer)
+    split = split_at(lm, [1])
+    editor = Rome(1, VALUE, CONTEXTS, moment_of(lm, tokenizer, 1))
+    weights = editor.edit(split, tokenizer, [PAIR], MAX_LEN)
+    assert list(weights) == editor.weight_names(lm) == [weight_name(lm, 1)]
+    before, after = logp_new(split, tokenizer, [PAIR]), logp_new(split, tokenizer, [PAIR], weights)
+    assert after.item() > before.item() + 1.0
+    assert torch.linalg.matrix_rank(weights[weight_name(lm, 1)] - lm.get_parameter(weight_name(lm, 1))).item() == 1
+
+
+def test_delta_lowers_the_nll_within_the_clamp(tokenizer):
+    lm = tiny("llama", tokenizer)
+    split = split_at(lm, [1])
+    prompts = edit_prompts(tokenizer, [PAIR], (), MAX_LEN, split)
+    _, values = keys_and_values(split, prompts, 1)
+    delta = optimise_delta(split, prompts, None, 1, ValueParams(steps=10, clamp_norm=0.5, stop_nll=0.0))
+    assert delta.norm() <= 0.5 * values[0].norm() * (1 + 1e-9)
+    assert delta.abs().sum() > 0
+
+
+def test_rome_refuses_a_batch(tokenizer):
+    lm = tiny("llama", tokenizer)
+    with pytest.raises(EditLMError, match="rome edits one request at a time, got 2"):
+        Rome(1, ValueParams()).edit(split_at(lm, [1]), tokenizer, PAIRS[:2], MAX_LEN)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_memit_with_one_layer_and_one_edit_is_rome(family, tokenizer):
+    lm = tiny(family, tokenizer)
+    split, c = split_at(lm, [1]), moment_of(lm, tokenizer, 1)
+    value = ValueParams(steps=5)
+    rome = Rome(1, value, CONTEXTS, c).edit(split, tokenizer, [PAIR], MAX_LEN)[weight_name(lm, 1)]
+    w = lm.get_parameter(weight_name(lm, 1))
+    prompts = edit_prompts(tokenizer, [PAIR], CONTEXTS, MAX_LEN, split)
+    k = keys_and_values(split, prompts, 1)[0].mean(0)
+    q = k @ torch.linalg.solve(c, k)  # k^T C^-1 k
+    for lam in (1e-6, 0.5, 10.0):
+        memit = Memit((1,), value, lam, CONTEXTS, {1: c}).edit(split, tokenizer, [PAIR], MAX_LEN)[weight_name(lm, 1)]
+        torch.testing.assert_close(memit - w, (rome - w) * q / (lam + q))  # Sherman-Morrison: same direction, scaled
+    torch.testing.assert_close(memit - w, (rome - w) * q / (10.0 + q))
+
+
+def test_spread_update_solves_the_normal_equations():
+    g = torch.Generator().manual_seed(1)
+    k, r = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    a = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    c = a @ a.T / 6 + 0.1 * torch.eye(6, dtype=torch.float64)
+    dw = spread_update(k, r, c, 2.0)
+    # dW minimises ||dW K^T - R^T||^2 + 2 tr(dW C dW^T): its gradient vanishes there
+    grad = (dw @ k.T - r.T) @ k + 2.0 * dw @ c
+    torch.testing.assert_close(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_memit_edits_a_batch_over_several_layers(family, tokenizer):
+    lm = tiny(family, tokenizer)
+    layers = (1, 2)
+    split = split_at(lm, layers)
+    moments = {layer: moment_of(lm, tokenizer, layer) for layer in layers}
+    editor = Memit(layers, VALUE, 1e-3, CONTEXTS, moments)
+    weights = editor.edit(split, tokenizer, PAIRS, MAX_LEN)
+    assert sorted(weights) == sorted(editor.weight_names(lm))
+    gain = logp_new(split, tokenizer, PAIRS, weights) - logp_new(split, tokenizer, PAIRS)
+    assert (gain > 0.5).all(), gain
