@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from editable_lm.editors.rome import (
-    ValueParams, context_prompts, edit_prompts, key_positions, mean_per_pair, optimise_delta, run_to, _Probe,
+    ValueParams, _Probe, context_examples, edit_examples, key_positions, mean_per_pair, optimise_delta, prepare, run_to,
 )
 from editable_lm.layer_stats import as_matrix, in_weight_layout, weight_name
 from editable_lm.split_forward import Prepared, SplitForward
@@ -35,7 +35,7 @@ def keys_and_outputs(split: SplitForward, prepared: Prepared, layer: int, last: 
 
     handle = split.blocks[last].register_forward_hook(read)
     try:
-        with _Probe(split, layer) as probe:
+        with _Probe(split.model, layer) as probe:
             probe.at = at
             run_to(split, prepared, last, params)
             keys = probe.keys
@@ -68,10 +68,10 @@ class Memit:
         layers, last = sorted(self.layers), max(self.layers)
         deltas = []
         for pair in pairs:  # each edit's delta alone, as MEMIT computes z per request
-            prompts = edit_prompts(tokenizer, [pair], self.contexts, max_len, split)
-            deltas.append(optimise_delta(split, prompts, context_prompts(tokenizer, pair, self.contexts, max_len, split),
-                                         last, self.value))
-        prompts = edit_prompts(tokenizer, pairs, self.contexts, max_len, split)
+            prompts = edit_examples(tokenizer, [pair], self.contexts, max_len)
+            contexts = context_examples(tokenizer, pair, self.contexts, max_len)
+            deltas.append(optimise_delta(split.model, prompts, contexts, last, self.value))
+        prompts = prepare(split, tokenizer, edit_examples(tokenizer, pairs, self.contexts, max_len))
         _, outputs = keys_and_outputs(split, prompts, layers[0], last, None)
         targets = mean_per_pair(outputs, len(pairs)) + torch.stack(deltas)
         params: dict[str, Tensor] = {}

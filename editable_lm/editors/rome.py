@@ -2,18 +2,21 @@
 
 For an edit (a prefix whose next words should be the new name) at block l:
 - the key k* is the projection's input at the last prefix token ("last token" variant: our edits have no
-  separate subject span), averaged over the edit's prompts: its own prefix and the prefix after each of a
-  few short unrelated contexts;
+  separate subject span), averaged over the edit's prompts: its own prefix, bare and after each of a few
+  short unrelated contexts;
 - the value v* = W k* + delta, where delta, added to the projection's output at that token of every prompt,
   makes the new name likely (Adam on its NLL), kept small (weight decay relative to the unedited output,
   a norm clamp) and specific (KL on the next-token distribution after the bare contexts, with delta added at
-  their last token: a delta that puts the new name after any text is penalised);
-- W <- W + delta (C^-1 k*)^T / (k*^T C^-1 k*), C = E[k k^T] over training text (`layer_stats`): among the
+  their last token: a delta that would put the new name after any text is penalised);
+- W <- W + delta (C^-1 k*)^T / (k*^T C^-1 k*), C = E[k k^T] over training text (`layer_stats`): of the
   updates that map k* to v*, the one that changes the outputs of typical keys least (min ||dW C^1/2||).
 
 ROME's code evaluates the residual at the bare prompt's key while its direction uses the averaged key; here
-both use the averaged key, so that W' k* = v* holds exactly. Everything runs on `SplitForward`: the blocks
-below l once per input, only the blocks from l up in every optimisation step.
+both use the averaged key, so that W' k* = v* holds exactly.
+
+Nothing before a prompt's key position depends on delta, so each prompt's tokens before it run once, with
+their attention keys and values cached at every block (`_Suffixes`); each optimisation step runs only the
+key token and the name's tokens, a few positions instead of the whole prompt.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from editable_lm.editing import collate, encode_edit, target_loss
+from editable_lm.editing import collate, encode_edit
 from editable_lm.errors import EditLMError
 from editable_lm.layer_stats import as_matrix, in_weight_layout, projection_name, weight_name
 from editable_lm.models import device
-from editable_lm.split_forward import Prepared, SplitForward, upcast
+from editable_lm.split_forward import IGNORE, Prepared, SplitForward, upcast
+
+Example = tuple[list[int], list[int]]  # token ids, labels (the new name's tokens; IGNORE elsewhere)
 
 
 @dataclass(frozen=True)
@@ -43,36 +48,40 @@ class ValueParams:
     stop_nll: float = 0.05  # stop early once the new name's mean NLL is below this
 
 
+def edit_examples(tokenizer, pairs: list[dict], contexts: tuple[str, ...], max_len: int) -> list[Example]:
+    """Each pair's prefix with its new name (labels), bare and after each context: pair-major rows."""
+    examples = []
+    for pair in pairs:
+        ids, labels = encode_edit(tokenizer, pair["prefix"], pair["new_name"], max_len)
+        for context in ("", *contexts):
+            extra = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+            examples.append((extra + ids, [IGNORE] * len(extra) + labels))
+    return examples
+
+
+def context_examples(tokenizer, pair: dict, contexts: tuple[str, ...], max_len: int) -> list[Example]:
+    """The bare contexts followed by the new name: where a specific delta should change little."""
+    return [encode_edit(tokenizer, context, pair["new_name"], max_len) for context in contexts]
+
+
+def prepare(split: SplitForward, tokenizer, examples: list[Example]) -> Prepared:
+    return split.prepare(collate(examples, tokenizer.pad_token_id, device()))
+
+
 def key_positions(prepared: Prepared) -> Tensor:
     """[B, T] bool: the last prefix token of each row (the position that predicts the name's first token)."""
     where = prepared.targets.where
     return where & (where.cumsum(1) == 1)
 
 
-def edit_prompts(tokenizer, pairs: list[dict], contexts: tuple[str, ...], max_len: int, split: SplitForward) -> Prepared:
-    """Each pair's prefix, bare and after each context, with its new name as labels: rows pair-major
-    (pair 0's prompts, pair 1's, ...)."""
-    examples = [encode_edit(tokenizer, f"{context} {pair['prefix']}".strip(), pair["new_name"], max_len)
-                for pair in pairs for context in ("", *contexts)]
-    return split.prepare(collate(examples, tokenizer.pad_token_id, device()))
-
-
-def context_prompts(tokenizer, pair: dict, contexts: tuple[str, ...], max_len: int, split: SplitForward) -> Prepared | None:
-    """The bare contexts followed by the new name: where a specific delta should change little."""
-    if not contexts:
-        return None
-    examples = [encode_edit(tokenizer, context, pair["new_name"], max_len) for context in contexts]
-    return split.prepare(collate(examples, tokenizer.pad_token_id, device()))
-
-
 class _Probe:
-    """Hooks on one block's MLP output projection: record its inputs and outputs at the key positions,
-    or add `delta` to its output there."""
+    """Hooks on one block's MLP output projection: record its inputs and outputs at the key positions `at`,
+    and add `delta` to its output there if set."""
 
-    def __init__(self, split: SplitForward, layer: int):
-        self.module = split.model.get_submodule(projection_name(split.model, layer))
+    def __init__(self, model: nn.Module, layer: int):
+        self.module = model.get_submodule(projection_name(model, layer))
         self.at: Tensor | None = None  # [B, T] key positions of the batch running now
-        self.delta: Tensor | None = None  # [D] or [B, D]
+        self.delta: Tensor | None = None  # [out]
         self.keys = self.values = None
 
     def __enter__(self):
@@ -84,25 +93,27 @@ class _Probe:
             handle.remove()
 
     def _read_key(self, module, args):
-        self.keys = args[0][self.at]
+        if self.at is not None:
+            self.keys = args[0][self.at]
 
     def _out(self, module, args, output):
+        if self.at is None:
+            return output
         self.values = output[self.at]
         if self.delta is None:
             return output
-        delta = self.delta if self.delta.dim() == 1 else self.delta[self.at.nonzero()[:, 0]]
-        return output.index_put((self.at,), output[self.at] + delta)
+        return output.index_put((self.at,), output[self.at] + self.delta)
 
 
 def run_to(split: SplitForward, prepared: Prepared, end: int, params: Mapping[str, Tensor] | None = None) -> None:
-    """Run the upper blocks up to and including block `end` (the hooks read what they need)."""
+    """Run the split model's upper blocks up to and including block `end` (hooks read what they need)."""
     split._run_blocks(prepared.hidden, prepared.args, prepared.kwargs, split.start, end + 1, params)
 
 
 @torch.no_grad()
 def keys_and_values(split: SplitForward, prepared: Prepared, layer: int, params=None) -> tuple[Tensor, Tensor]:
     """The projection's inputs [B, in] and outputs [B, out] at each row's key position."""
-    with _Probe(split, layer) as probe:
+    with _Probe(split.model, layer) as probe:
         probe.at = key_positions(prepared)
         run_to(split, prepared, layer, params)
         return probe.keys, probe.values
@@ -113,37 +124,90 @@ def mean_per_pair(rows: Tensor, n_pairs: int) -> Tensor:
     return rows.view(n_pairs, -1, rows.shape[-1]).mean(1)
 
 
-def optimise_delta(
-    split: SplitForward, prompts: Prepared, contexts: Prepared | None, layer: int, cfg: ValueParams, params=None
-) -> Tensor:
-    """delta [out] added to block `layer`'s MLP output at every prompt's key position (one edit's prompts)."""
-    _, init_out = keys_and_values(split, prompts, layer, params)
-    scale = init_out[0].norm()
-    kl_ref = None
-    if contexts is not None and cfg.kl_factor:
+class _Suffixes:
+    """Prompts whose key positions are lined up by left padding: the columns before the key run once through the
+    model (attention keys and values cached), the key column and the name's on every call of `logits`, all rows
+    in one batch. The suffixes must have the same length (prompts ending in the same name)."""
+
+    def __init__(self, model: nn.Module, examples: list[Example]):
+        keys = [next(i for i in range(1, len(labels)) if labels[i] != IGNORE) - 1 for _, labels in examples]
+        lengths = {len(ids) - key for (ids, _), key in zip(examples, keys)}
+        if len(lengths) != 1:
+            raise EditLMError(f"prompts with different name lengths ({sorted(lengths)} tokens from the key) in one batch")
+        self.model, self.key = model, max(keys)
+        pad = [self.key - key for key in keys]
+        ids = torch.tensor([[0] * p + i for p, (i, _) in zip(pad, examples)], device=device())
+        self.mask = torch.tensor([[0] * p + [1] * len(i) for p, (i, _) in zip(pad, examples)], device=device())
+        self.positions = (self.mask.cumsum(1) - 1).clamp(min=0)  # as if each prompt ran alone
+        self.suffix, self.targets = ids[:, self.key :], ids[:, self.key + 1 :]
+        self.cache = self._prefix_cache(examples, keys, pad) if self.key else None
+
+    def _prefix_cache(self, examples: list[Example], keys: list[int], pad: list[int]):
+        """Each prompt's columns before its key run alone (a padded row in one batch would have fully masked
+        queries, NaN in eager attention), their caches then stacked with zeros on the left, masked."""
+        caches = []
         with torch.no_grad():
-            kl_ref = torch.log_softmax(upcast(split.logits(contexts, params, key_positions(contexts))), -1)
-    delta = torch.zeros_like(init_out[0], requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=cfg.lr)
-    with _Probe(split, layer) as probe, torch.enable_grad():
-        for _ in range(cfg.steps):
-            probe.at, probe.delta = key_positions(prompts), delta
-            logits = split.target_logits(prompts, params)
-            nll = target_loss(logits, prompts.targets, per_edit=True) / prompts.targets.n_rows
-            if nll.item() < cfg.stop_nll:
-                break
-            loss = nll + cfg.weight_decay * delta.norm() / scale**2
-            if kl_ref is not None:
-                probe.at = key_positions(contexts)
-                post = torch.log_softmax(upcast(split.logits(contexts, params, probe.at)), -1)
-                loss = loss + cfg.kl_factor * (kl_ref.exp() * (kl_ref - post)).sum(-1).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():  # ROME's clamp: delta stays within a multiple of the output's norm
-                limit = cfg.clamp_norm * scale
-                if delta.norm() > limit:
-                    delta.mul_(limit / delta.norm())
+            for (ids, _), key in zip(examples, keys):
+                caches.append(self.model(input_ids=torch.tensor([ids[:key]], device=device()), use_cache=True).cache
+                              if key else None)
+        full = next(cache for cache in caches if cache is not None)
+        for index, layer in enumerate(full.layers):
+            def stacked(field):
+                rows = []
+                for cache, p in zip(caches, pad):
+                    part = getattr(cache.layers[index], field) if cache is not None else None
+                    shape = list(getattr(layer, field).shape)
+                    shape[2] = p
+                    zeros = torch.zeros(shape, dtype=getattr(layer, field).dtype, device=device())
+                    rows.append(zeros if part is None else torch.cat([zeros, part], dim=2))
+                return torch.cat(rows)
+            layer.keys, layer.values = stacked("keys"), stacked("values")
+        return full
+
+    def logits(self, probe: _Probe) -> Tensor:
+        """Logits [B, S, V] at the suffix positions (key first), `probe.delta` added at the key."""
+        probe.at = torch.zeros_like(self.suffix, dtype=torch.bool)
+        probe.at[:, 0] = True
+        logits = self.model(input_ids=self.suffix, attention_mask=self.mask, position_ids=self.positions[:, self.key :],
+                            cache=self.cache, use_cache=self.cache is not None).logits
+        if self.cache is not None:
+            self.cache.crop(-self.suffix.shape[1])  # drop the suffix's entries: the next call starts from the prefix
+            for layer in self.cache.layers:  # ... and from constants: the crop is a view of this call's graph
+                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+        return logits
+
+    def nll(self, logits: Tensor) -> Tensor:
+        """Mean over prompts of each prompt's mean NLL of the name's tokens."""
+        return torch.nn.functional.cross_entropy(upcast(logits[:, :-1]).transpose(1, 2), self.targets)
+
+
+def optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams) -> Tensor:
+    """delta [out] added to block `layer`'s MLP output at every prompt's key position (one edit's prompts)."""
+    rewrite, essence = _Suffixes(model, prompts), _Suffixes(model, contexts) if contexts else None
+    with _Probe(model, layer) as probe:
+        with torch.no_grad():
+            rewrite.logits(probe)
+            scale = probe.values[0].norm()  # the last prompt's unedited output: all share its scale
+            kl_ref = torch.log_softmax(upcast(essence.logits(probe)[:, 0]), -1) if essence else None
+        delta = torch.zeros_like(probe.values[0], requires_grad=True)
+        optimizer = torch.optim.Adam([delta], lr=cfg.lr)
+        probe.delta = delta
+        with torch.enable_grad():
+            for _ in range(cfg.steps):
+                nll = rewrite.nll(rewrite.logits(probe))
+                if nll.item() < cfg.stop_nll:
+                    break
+                loss = nll + cfg.weight_decay * delta.norm() / scale**2
+                if essence and cfg.kl_factor:
+                    post = torch.log_softmax(upcast(essence.logits(probe)[:, 0]), -1)
+                    loss = loss + cfg.kl_factor * (kl_ref.exp() * (kl_ref - post)).sum(-1).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():  # ROME's clamp: delta stays within a multiple of the output's norm
+                    limit = cfg.clamp_norm * scale
+                    if delta.norm() > limit:
+                        delta.mul_(limit / delta.norm())
     return delta.detach()
 
 
@@ -170,14 +234,10 @@ class Rome:
     def edit(self, split: SplitForward, tokenizer, pairs: list[dict], max_len: int) -> dict[str, Tensor]:
         if len(pairs) != 1:
             raise EditLMError(f"rome edits one request at a time, got {len(pairs)} (use memit for batches)")
-        return rome_weights(split, tokenizer, pairs[0], max_len, self.layer, self.value, self.contexts, self.moment)
-
-
-def rome_weights(split, tokenizer, pair, max_len, layer, value, contexts, moment) -> dict[str, Tensor]:
-    """{projection weight: edited weight} for one pair."""
-    prompts = edit_prompts(tokenizer, [pair], contexts, max_len, split)
-    delta = optimise_delta(split, prompts, context_prompts(tokenizer, pair, contexts, max_len, split), layer, value)
-    keys, _ = keys_and_values(split, prompts, layer)
-    matrix = as_matrix(split.model, layer)
-    update = rank_one_update(matrix, keys.mean(0), delta, moment)
-    return {weight_name(split.model, layer): (in_weight_layout(split.model, layer, matrix + update)).detach()}
+        prompts = edit_examples(tokenizer, pairs, self.contexts, max_len)
+        contexts = context_examples(tokenizer, pairs[0], self.contexts, max_len)
+        delta = optimise_delta(split.model, prompts, contexts, self.layer, self.value)
+        keys, _ = keys_and_values(split, prepare(split, tokenizer, prompts), self.layer)
+        matrix = as_matrix(split.model, self.layer)
+        update = rank_one_update(matrix, keys.mean(0), delta, self.moment)
+        return {weight_name(split.model, self.layer): in_weight_layout(split.model, self.layer, matrix + update).detach()}
