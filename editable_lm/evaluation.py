@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import ClassVar, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -79,6 +79,7 @@ class Procedure:
     """How an edit is made: `steps` gradient steps (ft), with a KL penalty on a locality sample (ft_kl),
     or, with `until_success`, steps until the edit holds, at most `steps` (ENN's protocol)."""
 
+    batched: ClassVar[bool] = False  # one edit at a time in `evaluate_edits` (batches: `batched_grid`)
     name: str
     lr: float | Mapping[str, Tensor]
     steps: int
@@ -86,6 +87,14 @@ class Procedure:
     locality: Reference | None = None
     until_success: bool = False
     per_edit: bool = False  # a batch's loss: the sum of each edit's mean (`target_loss`), not one mean over all tokens
+
+    def weight_names(self, model) -> list[str] | None:
+        """None: the weights the split model was built for (`edit.blocks`, `edit.module`)."""
+        return None
+
+    def edit(self, model: SplitForward, tokenizer, edit: Prepared, pairs: list[dict], max_len: int):
+        """The editor interface (`editable_lm.editors`): edited weights and the gradient steps taken."""
+        return edit_with_steps(model, edit, self)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,22 @@ class Fluency:
 def fluency_prompts(passages: list[dict], words: int = 8) -> tuple[str, ...]:
     """The first `words` words of each passage: prompts to generate from, the same for every edit and model."""
     return tuple(" ".join(passage["text"].split()[:words]) for passage in passages)
+
+
+def test_sample(split_dir: str | Path, cfg, rel) -> tuple[list[dict], list[dict], Fluency]:
+    """The held-out test edits, locality passages and fluency prompts every evaluation of single edits reads
+    (`cfg`: the evaluate params, `rel`: reliability): the same for every model and editor."""
+    from editable_lm.errors import EditLMError
+    from editable_lm.storage import read_jsonl
+
+    pairs = held_out(read_jsonl(Path(split_dir, "pairs_test.jsonl")), rel.n_edits, cfg.seed)
+    test_passages = held_out(read_jsonl(Path(split_dir, "passages_test.jsonl")), cfg.n_ppl_passages + rel.n_fluency_prompts,
+                             cfg.seed)
+    fluency = Fluency(fluency_prompts(test_passages[cfg.n_ppl_passages :]), rel.fluency_tokens)
+    if len(fluency.prompts) < rel.n_fluency_prompts:  # the test split has too few passages beyond the locality ones
+        raise EditLMError(f"reliability.n_fluency_prompts: {rel.n_fluency_prompts} prompts wanted beyond the "
+                          f"{cfg.n_ppl_passages} locality passages, but the test split has {len(test_passages)} passages")
+    return pairs, test_passages[: cfg.n_ppl_passages], fluency
 
 
 def predict(model: SplitForward, inputs: Prepared, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -241,7 +266,7 @@ def measure_edit(
     rows = []
     for procedure in procedures:
         start = time.perf_counter()
-        edited, steps = edit_with_steps(model, new, procedure)
+        edited, steps = procedure.edit(model, tokenizer, new, [pair], max_len)
         seconds = time.perf_counter() - start
         metrics = next((m for weights, m in measured if same_weights(weights, edited)), None)
         if metrics is None:
@@ -332,15 +357,18 @@ def batched_grid(
 ) -> dict[str, list[dict]]:
     """`batched_edits` for each procedure (name -> rows), the batches prepared once for all of them: a batch's
     lower blocks over `batch_size` edits cost far more than its few edit steps."""
-    batches = [model.prepare(encode_edits(pairs[start : start + batch_size], tokenizer, max_len))
-               for start in range(0, len(pairs), batch_size)]
+    chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+    batches = [model.prepare(encode_edits(chunk, tokenizer, max_len)) for chunk in chunks]
     out = {}
     for procedure in procedures:
         rows = []
-        for index, batch in enumerate(batches):
-            params = edit_model(model, batch, procedure)
+        for index, (chunk, batch) in enumerate(zip(chunks, batches)):
+            start = time.perf_counter()
+            params, _ = procedure.edit(model, tokenizer, batch, chunk, max_len)
+            seconds = time.perf_counter() - start
             success = edit_success(model.target_logits(batch, params), batch.targets).float().mean().item()
-            rows.append({"batch_size": batch_size, "batch": index, "edit_success": success, **locality(model, ref, params)})
+            rows.append({"batch_size": batch_size, "batch": index, "edit_success": success, **locality(model, ref, params),
+                         "seconds": seconds})
         out[procedure.name] = rows
     return out
 

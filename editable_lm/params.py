@@ -190,6 +190,37 @@ class SequentialParams(Section):
     n_batched: Int = AtLeast(20, 1)  # batched edits use the first n_batched of the edits, for every batch size
 
 
+class EditorsParams(Section):
+    """The closed-form editors beside ENN (stage `editors`), on the base model and the same test edits."""
+
+    names: tuple[Annotated[str, Field(pattern="^(rome|memit)$")], ...] = ("rome", "memit")
+    n_tune_edits: Int = AtLeast(8, 1)  # validation edits for ROME's layer choice
+    n_contexts: Int = AtLeast(2, 0)  # short contexts each edit's key is averaged over (besides its own prefix) ...
+    context_words: Int = AtLeast(5, 1)  # ... the first words of validation passages
+    n_stats_tokens: Int = AtLeast(20000, 1)  # train-passage tokens for the second moments C (stage layer_stats)
+
+
+class RomeParams(Section):
+    """ROME: the layer is chosen among `layers` on validation edits (the `tune.target_success` rule); the value
+    optimisation's settings are ROME's GPT-2 XL defaults."""
+
+    layers: tuple[Annotated[Int, Field(ge=0)], ...] = Field((6, 12, 18), min_length=1)
+    steps: Int = AtLeast(20, 1)
+    lr: Float = Positive(0.5)
+    kl_factor: Float = AtLeast(0.0625, 0)
+    weight_decay: Float = AtLeast(0.5, 0)
+    clamp_norm: Float = Positive(4.0)
+
+
+class MemitParams(Section):
+    """MEMIT: `n_layers` blocks ending at ROME's chosen layer, `lambda` the weight of C, all test edits in one update."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    n_layers: Int = AtLeast(3, 1)
+    lam: Float = Field(1.5e4, alias="lambda", gt=0, allow_inf_nan=False)
+
+
 class Params(Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -203,6 +234,9 @@ class Params(Section):
     tune: TuneParams = TuneParams()
     sweep: SweepParams = SweepParams()
     sequential: SequentialParams = SequentialParams()
+    editors: EditorsParams = EditorsParams()
+    rome: RomeParams = RomeParams()
+    memit: MemitParams = MemitParams()
 
 
 SECTIONS = tuple(Params.model_fields)

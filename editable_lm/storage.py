@@ -75,13 +75,14 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:
-    """Write rows (dicts with the same keys) as CSV, atomically."""
+    """Write rows as CSV, atomically: the columns are every key in order of first appearance, a row's missing
+    keys left empty (read back as None)."""
     import csv
 
     if not rows:
         raise EditLMError(f"{path}: no rows to write")
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -95,7 +96,7 @@ def read_json(path: str | Path):
 
 
 def read_csv(path: str | Path) -> list[dict]:
-    """Read CSV rows, numbers as floats; a missing or empty file is an error naming it."""
+    """Read CSV rows, numbers as floats, empty fields as None; a missing or empty file is an error naming it."""
     import csv
 
     path = Path(path)
@@ -109,6 +110,8 @@ def read_csv(path: str | Path) -> list[dict]:
 
 
 def _number(text: str):
+    if text == "":  # what `write_csv` writes for None
+        return None
     try:
         return float(text)
     except ValueError:

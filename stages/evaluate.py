@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.errors import EditLMError
 from editable_lm.evaluation import (
-    COMPARED_METRICS, EDIT_METRICS, MODELS, Fluency, evaluate_edits, fluency_prompts, held_out, loaded_models, procedures,
+    COMPARED_METRICS, EDIT_METRICS, MODELS, evaluate_edits, held_out, loaded_models, procedures, test_sample,
 )
 from editable_lm.metrics import headline, paired_differences, summarize_by
 from editable_lm.storage import read_jsonl, write_csv, write_json
@@ -21,13 +20,7 @@ def main() -> None:
     params, args = stage_args(__doc__, "--split", "--tuned", *(f"--{m}" for m in MODELS), "--metrics", "--details", "--rows")
     cfg, rel = params.evaluate, params.reliability
     tuned = json.loads(Path(args.tuned).read_text())
-    pairs = held_out(read_jsonl(Path(args.split, "pairs_test.jsonl")), rel.n_edits, cfg.seed)
-    test_passages = held_out(read_jsonl(Path(args.split, "passages_test.jsonl")), cfg.n_ppl_passages + rel.n_fluency_prompts, cfg.seed)
-    passages = test_passages[: cfg.n_ppl_passages]
-    fluency = Fluency(fluency_prompts(test_passages[cfg.n_ppl_passages :]), rel.fluency_tokens)
-    if len(fluency.prompts) < rel.n_fluency_prompts:  # the test split has too few passages beyond the locality ones
-        raise EditLMError(f"reliability.n_fluency_prompts: {rel.n_fluency_prompts} prompts wanted beyond the "
-                          f"{cfg.n_ppl_passages} locality passages, but the test split has {len(test_passages)} passages")
+    pairs, passages, fluency = test_sample(args.split, cfg, rel)
     loc_passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), cfg.n_loc_passages, cfg.seed)
     details, rows = {"n_edits": len(pairs), "fluency_prompts": list(fluency.prompts)}, []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):

@@ -283,6 +283,7 @@ def test_batched_per_edit_step_is_the_step_on_summed_edit_losses(tokenizer):
     ppl_pre = perplexity(torch.log_softmax(before, -1), passages["labels"])
     ppl_post = perplexity(torch.log_softmax(after, -1), passages["labels"])
     mask = passages["attention_mask"].bool()
+    assert rows[0].pop("seconds") > 0
     assert rows[0] == pytest.approx({
         "batch_size": 3, "batch": 0, "edit_success": sum(holds) / len(holds),
         "ppl_drawdown": ppl_post / ppl_pre - 1, "ppl_post": ppl_post,

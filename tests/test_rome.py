@@ -113,8 +113,8 @@ def test_rank_one_update_is_the_constrained_least_squares_solution(family, token
 def test_rome_makes_the_new_name_likely_and_touches_one_weight(family, tokenizer):
     lm = tiny(family, tokenizer)
     split = split_at(lm, [1])
-    editor = Rome(1, VALUE, CONTEXTS, moment_of(lm, tokenizer, 1))
-    weights = editor.edit(split, tokenizer, [PAIR], MAX_LEN)
+    editor = Rome("rome", 1, VALUE, CONTEXTS, moment_of(lm, tokenizer, 1))
+    weights, _ = editor.edit(split, tokenizer, None, [PAIR], MAX_LEN)
     assert list(weights) == editor.weight_names(lm) == [weight_name(lm, 1)]
     before, after = logp_new(split, tokenizer, [PAIR]), logp_new(split, tokenizer, [PAIR], weights)
     assert after.item() > before.item() + 1.0
@@ -156,7 +156,7 @@ def test_cached_prefix_logits_equal_the_whole_prompt_run(family, tokenizer):
 def test_rome_refuses_a_batch(tokenizer):
     lm = tiny("llama", tokenizer)
     with pytest.raises(EditLMError, match="rome edits one request at a time, got 2"):
-        Rome(1, ValueParams()).edit(split_at(lm, [1]), tokenizer, PAIRS[:2], MAX_LEN)
+        Rome("rome", 1, ValueParams()).edit(split_at(lm, [1]), tokenizer, None, PAIRS[:2], MAX_LEN)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -164,13 +164,13 @@ def test_memit_with_one_layer_and_one_edit_is_rome(family, tokenizer):
     lm = tiny(family, tokenizer)
     split, c = split_at(lm, [1]), moment_of(lm, tokenizer, 1)
     value = ValueParams(steps=5)
-    rome = Rome(1, value, CONTEXTS, c).edit(split, tokenizer, [PAIR], MAX_LEN)[weight_name(lm, 1)]
+    rome = Rome("rome", 1, value, CONTEXTS, c).edit(split, tokenizer, None, [PAIR], MAX_LEN)[0][weight_name(lm, 1)]
     w = lm.get_parameter(weight_name(lm, 1))
     prompts = prepare(split, tokenizer, edit_examples(tokenizer, [PAIR], CONTEXTS, MAX_LEN))
     k = keys_and_values(split, prompts, 1)[0].mean(0)
     q = k @ torch.linalg.solve(c, k)  # k^T C^-1 k
     for lam in (1e-6, 0.5, 10.0):
-        memit = Memit((1,), value, lam, CONTEXTS, {1: c}).edit(split, tokenizer, [PAIR], MAX_LEN)[weight_name(lm, 1)]
+        memit = Memit("memit", (1,), value, lam, CONTEXTS, {1: c}).edit(split, tokenizer, None, [PAIR], MAX_LEN)[0][weight_name(lm, 1)]
         torch.testing.assert_close(memit - w, (rome - w) * q / (lam + q))  # Sherman-Morrison: same direction, scaled
     torch.testing.assert_close(memit - w, (rome - w) * q / (10.0 + q))
 
@@ -192,8 +192,48 @@ def test_memit_edits_a_batch_over_several_layers(family, tokenizer):
     layers = (1, 2)
     split = split_at(lm, layers)
     moments = {layer: moment_of(lm, tokenizer, layer) for layer in layers}
-    editor = Memit(layers, VALUE, 1e-3, CONTEXTS, moments)
-    weights = editor.edit(split, tokenizer, PAIRS, MAX_LEN)
+    editor = Memit("memit", layers, VALUE, 1e-3, CONTEXTS, moments)
+    weights, _ = editor.edit(split, tokenizer, None, PAIRS, MAX_LEN)
     assert sorted(weights) == sorted(editor.weight_names(lm))
     gain = logp_new(split, tokenizer, PAIRS, weights) - logp_new(split, tokenizer, PAIRS)
     assert (gain > 0.5).all(), gain
+
+
+def test_registry_builds_editors_from_params():
+    from editable_lm.editors import build, memit_layers, stats_layers
+    from editable_lm.params import parse_params
+
+    params = parse_params({"rome": {"layers": [1, 5]}, "memit": {"n_layers": 3}})
+    assert memit_layers(params, 5) == (3, 4, 5) and memit_layers(params, 1) == (0, 1)
+    assert stats_layers(params) == [0, 1, 3, 4, 5]
+    moments = {layer: torch.eye(2) for layer in range(6)}
+    memit = build("memit", params, 5, moments, ("a",))
+    assert memit.layers == (3, 4, 5) and memit.batched and memit.lam == params.memit.lam
+    rome = build("rome", params, 1, moments, ())
+    assert rome.layer == 1 and not rome.batched and rome.value.steps == params.rome.steps
+    with pytest.raises(EditLMError, match="unknown editor 'grace'"):
+        build("grace", params, 1, moments, ())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_editor_goes_through_the_same_metric_code(family, tokenizer):
+    """ROME one edit at a time through `evaluate_edits`, MEMIT in one batch through `batched_grid`: the rows of
+    the gradient procedures, from the same functions."""
+    from editable_lm.evaluation import EDIT_METRICS, Procedure, batched_grid, evaluate_edits, reference
+
+    lm = tiny(family, tokenizer)
+    moments = {layer: moment_of(lm, tokenizer, layer) for layer in (1, 2)}
+    passages = TEXTS[:2]
+    rome = Rome("rome", 2, VALUE, CONTEXTS, moments[2])
+    split = split_at(lm, [2])
+    ref = reference(split, tokenizer, passages, MAX_LEN)
+    pairs = [{**pair, "article_id": pair["id"], "probes": []} for pair in PAIRS]
+    rows = evaluate_edits(split, tokenizer, pairs, [rome, Procedure("ft", 0.1, 1)], ref, MAX_LEN, n_leak_probes=1)
+    assert [(r["edit_id"], r["procedure"]) for r in rows] == [(i, p) for i in range(3) for p in ("rome", "ft")]
+    assert all(set(EDIT_METRICS) <= set(r) for r in rows)
+    assert all(r["edit_steps"] is None for r in rows if r["procedure"] == "rome")
+    assert sum(r["logp_new_post"] > r["logp_new_pre"] for r in rows if r["procedure"] == "rome") == 3
+    memit = Memit("memit", (1, 2), VALUE, 1e-3, CONTEXTS, moments)
+    split = split_at(lm, [1, 2])
+    batch = batched_grid(split, tokenizer, pairs, [memit], reference(split, tokenizer, passages, MAX_LEN), MAX_LEN, 3)
+    assert len(batch["memit"]) == 1 and {"edit_success", "ppl_drawdown", "kl", "seconds"} <= set(batch["memit"][0])

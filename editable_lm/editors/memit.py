@@ -12,7 +12,7 @@ With one block and one edit it is ROME's rank-one update times (k^T C^-1 k) / (l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor
@@ -55,6 +55,8 @@ def spread_update(keys: Tensor, residual: Tensor, moment: Tensor | None, lam: fl
 class Memit:
     """The MEMIT editor: any number of edits, one update of each block in `layers`."""
 
+    batched: ClassVar[bool] = True
+    name: str
     layers: tuple[int, ...]
     value: ValueParams
     lam: float = 1.5e4
@@ -64,7 +66,8 @@ class Memit:
     def weight_names(self, model) -> list[str]:
         return [weight_name(model, layer) for layer in self.layers]
 
-    def edit(self, split: SplitForward, tokenizer, pairs: list[dict], max_len: int) -> dict[str, Tensor]:
+    def edit(self, split: SplitForward, tokenizer, edit: Prepared, pairs: list[dict], max_len: int):
+        """{projection weight: edited weight} per layer, and no gradient steps on the weights (None)."""
         layers, last = sorted(self.layers), max(self.layers)
         deltas = []
         for pair in pairs:  # each edit's delta alone, as MEMIT computes z per request
@@ -82,4 +85,4 @@ class Memit:
             matrix = as_matrix(split.model, layer)
             update = spread_update(mean_per_pair(keys, len(pairs)), residual, moment, self.lam).to(matrix.dtype)
             params[weight_name(split.model, layer)] = in_weight_layout(split.model, layer, matrix + update).detach()
-        return params
+        return params, None

@@ -21,8 +21,9 @@ key token and the name's tokens, a few positions instead of the whole prompt.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -181,8 +182,22 @@ class _Suffixes:
         return torch.nn.functional.cross_entropy(upcast(logits[:, :-1]).transpose(1, 2), self.targets)
 
 
+# Deltas already optimised, per model: MEMIT's last layer is ROME's, so its per-edit deltas are ROME's (same
+# prompts, layer and settings); a model is never edited in place, so a key names one optimisation.
+_DELTAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams) -> Tensor:
-    """delta [out] added to block `layer`'s MLP output at every prompt's key position (one edit's prompts)."""
+    """delta [out] added to block `layer`'s MLP output at every prompt's key position (one edit's prompts);
+    computed once per model, prompts, layer and settings."""
+    key = (layer, cfg, *(tuple((tuple(ids), tuple(labels)) for ids, labels in rows) for rows in (prompts, contexts)))
+    done = _DELTAS.setdefault(model, {})
+    if key not in done:
+        done[key] = _optimise_delta(model, prompts, contexts, layer, cfg)
+    return done[key]
+
+
+def _optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams) -> Tensor:
     rewrite, essence = _Suffixes(model, prompts), _Suffixes(model, contexts) if contexts else None
     with _Probe(model, layer) as probe:
         with torch.no_grad():
@@ -223,6 +238,8 @@ def rank_one_update(weight: Tensor, key: Tensor, delta: Tensor, moment: Tensor |
 class Rome:
     """The ROME editor: one edit, one rank-one update of block `layer`'s MLP output projection."""
 
+    batched: ClassVar[bool] = False
+    name: str
     layer: int
     value: ValueParams
     contexts: tuple[str, ...] = ()
@@ -231,7 +248,8 @@ class Rome:
     def weight_names(self, model) -> list[str]:
         return [weight_name(model, self.layer)]
 
-    def edit(self, split: SplitForward, tokenizer, pairs: list[dict], max_len: int) -> dict[str, Tensor]:
+    def edit(self, split: SplitForward, tokenizer, edit: Prepared, pairs: list[dict], max_len: int):
+        """{projection weight: edited weight}, and no gradient steps on the weights (None)."""
         if len(pairs) != 1:
             raise EditLMError(f"rome edits one request at a time, got {len(pairs)} (use memit for batches)")
         prompts = edit_examples(tokenizer, pairs, self.contexts, max_len)
@@ -240,4 +258,4 @@ class Rome:
         keys, _ = keys_and_values(split, prepare(split, tokenizer, prompts), self.layer)
         matrix = as_matrix(split.model, self.layer)
         update = rank_one_update(matrix, keys.mean(0), delta, self.moment)
-        return {weight_name(split.model, self.layer): in_weight_layout(split.model, self.layer, matrix + update).detach()}
+        return {weight_name(split.model, self.layer): in_weight_layout(split.model, self.layer, matrix + update).detach()}, None
