@@ -139,16 +139,35 @@ def reliability_table(evaluate: dict) -> str:
     return "\n".join(lines)
 
 
-def field_table(evaluate: dict) -> str:
-    """The papers' shape: a row per model (fixed-step edit), the field's column names."""
-    columns = [("edit success", "edit_success"), ("efficacy", "counterfactual_success"), ("paraphrase", "generality"),
-               ("neighbourhood", "neighbourhood"), ("drawdown", "ppl_drawdown"), ("fluency", "fluency"),
-               ("s / edit", "sec_per_edit")]
-    lines = ["| model | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
-    for model in MODELS:
-        metrics = evaluate[model]["ft"]
-        lines.append(f"| {model} | " + " | ".join(with_interval(metrics, key) for _, key in columns) + " |")
+FIELD_COLUMNS = (("edit success", "edit_success"), ("efficacy", "counterfactual_success"), ("paraphrase", "generality"),
+                 ("neighbourhood", "neighbourhood"), ("drawdown", "ppl_drawdown"), ("fluency", "fluency"),
+                 ("s / edit", "sec_per_edit"))
+
+
+def field_table(rows: list[tuple[str, dict]]) -> str:
+    """The papers' shape: a row per (label, summary), the field's column names, each mean with its interval."""
+    lines = ["| | " + " | ".join(name for name, _ in FIELD_COLUMNS) + " |", "|---|" + "---|" * len(FIELD_COLUMNS)]
+    for label, metrics in rows:
+        lines.append(f"| {label} | " + " | ".join(with_interval(metrics, key) for _, key in FIELD_COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def editor_rows(evaluate: dict, editors: dict | None) -> list[tuple[str, dict]]:
+    """FT, FT+KL (the fine-tuned model's fixed-step edits), ENN (the editable model's), then each closed-form
+    editor on the base model; a batched editor's seconds are per edit of its one update."""
+    rows = [("FT (fine-tuned model)", evaluate["finetuned"]["ft"])]
+    if "ft_kl" in evaluate["finetuned"]:
+        rows.append(("FT+KL (fine-tuned model)", evaluate["finetuned"]["ft_kl"]))
+    rows.append(("ENN (editable model)", evaluate["editable"]["ft"]))
+    for name, summary in (editors or {}).items():
+        if isinstance(summary, dict) and "weights" in summary:
+            if "seconds" in summary:  # one update for all edits
+                summary = {**summary, "sec_per_edit": summary["seconds"] / editors["n_edits"]}
+                label = f"{name.upper()} (base model, all {editors['n_edits']} edits in one update)"
+            else:
+                label = f"{name.upper()} (base model, layer {editors['layer']})"
+            rows.append((label, summary))
+    return rows
 
 
 def plot_reliability(evaluate: dict, path: Path) -> None:
@@ -258,9 +277,26 @@ def tune_table(tune: dict, grid: dict) -> list[str]:
     return lines
 
 
+def editors_section(evaluate: dict, editors: dict | None) -> list[str]:
+    """The editors after ENN beside it, and their paired differences with ENN."""
+    if not editors:
+        return []
+    lines = [f"## Editors on the same {editors['n_edits']} test edits", "",
+             f"ROME and MEMIT edit the base model (no training); the edit layer, {editors['layer']}, was chosen on validation "
+             "edits with ROME (" + ", ".join(f"{k}: success {v['edit_success']:.2f}, drawdown {v['ppl_drawdown']:.3g}"
+                                              for k, v in editors["layer_grid"].items()) + "). A batched editor is read "
+             "as one update for all the edits: its edit success is the fraction that hold afterwards.", "",
+             field_table(editor_rows(evaluate, editors)), ""]
+    for comparison, per_procedure in editors.get("differences", {}).items():
+        lines.append(f"Paired over the same edits, {comparison}: " + "; ".join(
+            f"{METRICS[key][0]} {difference(d)} ({direction(d, METRICS[key][2])})"
+            for key, d in per_procedure["edit"].items() if key in METRICS) + ".")
+    return lines + [""]
+
+
 def write_report(
     evaluate: dict, tune: dict, tune_grid: dict, sweep: dict, sweep_rows: list[dict], sequential: list[dict],
-    batched: list[dict], figures: str, out: str,
+    batched: list[dict], figures: str, out: str, editors: dict | None = None,
 ) -> None:
     """Draw the figures into `figures` and write the Markdown report to `out` (both atomically)."""
     chosen = {m: sweep[m]["matched"]["setting"] for m in MODELS}
@@ -286,7 +322,7 @@ def write_report(
         "In the field's names (fixed-step edit): efficacy = counterfactual success, paraphrase = generality,",
         "neighbourhood = 1 − leakage, fluency = ROME's weighted bigram/trigram entropy of greedy generations.",
         "",
-        field_table(evaluate),
+        field_table([(model, evaluate[model]["ft"]) for model in MODELS]),
         "",
         "`ft`: plain gradient steps on the edit; `ft_kl`: the same with a KL penalty on a locality sample;",
         "`until_success`: steps until every new-name token is the argmax, at most `evaluate.max_steps` (ENN's protocol;",
@@ -336,5 +372,6 @@ def write_report(
               "batches): edit success / median drawdown, over the same edits for every batch size:", ""]
     lines += batched_table(batched, tune)
     lines += ["", f"![sequential]({rel}/sequential.png)", ""]
+    lines += editors_section(evaluate, editors)
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines))

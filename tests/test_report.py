@@ -340,3 +340,27 @@ def test_batched_table_median_of_an_even_number_of_batches():
     rows = [{"model": m, "batch_size": 2.0, "batch": float(b), "edit_success": 1.0, "ppl_drawdown": d}
             for m in MODELS for b, d in ((0, 0.01), (1, 0.03))]
     assert batched_table(rows, TUNE)[2] == "| base | 0.3 x 2 | 1.00 / 0.02 |"
+
+
+def test_editors_section_rows_and_pairing(inputs, tmp_path):
+    """The papers' table: FT, FT+KL, ENN, then ROME per edit and MEMIT per update (seconds per edit of its one update),
+    and a sentence per metric paired with ENN."""
+    editors = {
+        "n_edits": 4, "layer": 12,
+        "layer_grid": {"layer=6": {"edit_success": 0.5, "ppl_drawdown": 0.01}, "layer=12": {"edit_success": 1.0, "ppl_drawdown": 0.02}},
+        "rome": {**summary({"edit_success": 0.75, "ppl_drawdown": 0.02, "sec_per_edit": 3.0}), "weights": ["w"]},
+        "memit": {"edit_success": 0.5, "ppl_drawdown": 0.04, "seconds": 8.0, "weights": ["a", "b"]},
+        "differences": {"rome-enn": {"edit": {"edit_success": paired(-0.2, -0.3, -0.1), "ppl_drawdown": paired(0.01, -0.01, 0.03)}}},
+    }
+    out = tmp_path / "report.md"
+    write_report(inputs["evaluate"], inputs["tune"], inputs["tune_grid"], inputs["sweep"], inputs["sweep_rows"],
+                 inputs["sequential"], inputs["batched"], figures=str(tmp_path / "figures"), out=str(out), editors=editors)
+    text = out.read_text()
+    rows = [line for line in text.split("## Editors")[1].splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| FT (fine-tuned model)", "| FT+KL (fine-tuned model)", "| ENN (editable model)", "| ROME (base model, layer 12)",
+        "| MEMIT (base model, all 4 edits in one update)"]
+    assert rows[3].split(" | ")[1] == "0.75 [0.65, 0.85]"
+    assert rows[4].split(" | ")[-1] == "2 |"  # 8 s for 4 edits
+    assert "edit success -0.2 [-0.3, -0.1] (loses)" in text
+    assert "perplexity drawdown +0.01 [-0.01, +0.03] (no clear difference)" in text
