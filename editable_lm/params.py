@@ -193,11 +193,18 @@ class SequentialParams(Section):
 class EditorsParams(Section):
     """The closed-form editors beside ENN (stage `editors`), on the base model and the same test edits."""
 
-    names: tuple[Annotated[str, Field(pattern="^(rome|memit)$")], ...] = ("rome", "memit")
+    names: tuple[Annotated[str, Field(pattern="^(rome|memit)$")], ...] = ("rome", "memit")  # rome first: it picks the layer
     n_tune_edits: Int = AtLeast(8, 1)  # validation edits for ROME's layer choice
     n_contexts: Int = AtLeast(2, 0)  # short contexts each edit's key is averaged over (besides its own prefix) ...
     context_words: Int = AtLeast(5, 1)  # ... the first words of validation passages
     n_stats_tokens: Int = AtLeast(20000, 1)  # train-passage tokens for the second moments C (stage layer_stats)
+
+    @model_validator(mode="after")
+    def _rome_first(self):
+        if self.names and self.names[0] != "rome":
+            raise ParamError(f"must start with rome (it chooses the edit layer the others use), got {list(self.names)}",
+                             key="editors.names")
+        return self
 
 
 class RomeParams(Section):
@@ -213,12 +220,11 @@ class RomeParams(Section):
 
 
 class MemitParams(Section):
-    """MEMIT: `n_layers` blocks ending at ROME's chosen layer, `lambda` the weight of C, all test edits in one update."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    """MEMIT: `n_layers` blocks ending at ROME's chosen layer; the weight of C chosen among `lambdas` on one
+    validation batch; all test edits in one update."""
 
     n_layers: Int = AtLeast(3, 1)
-    lam: Float = Field(1.5e4, alias="lambda", gt=0, allow_inf_nan=False)
+    lambdas: tuple[Annotated[Float, Field(gt=0, allow_inf_nan=False)], ...] = Field((1e2, 1e3, 1.5e4), min_length=1)
 
 
 class Params(Section):

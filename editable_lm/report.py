@@ -163,9 +163,9 @@ def editor_rows(evaluate: dict, editors: dict | None) -> list[tuple[str, dict]]:
         if isinstance(summary, dict) and "weights" in summary:
             if "seconds" in summary:  # one update for all edits
                 summary = {**summary, "sec_per_edit": summary["seconds"] / editors["n_edits"]}
-                label = f"{name.upper()} (base model, all {editors['n_edits']} edits in one update)"
+                label = f"{name.upper()} (base model, {setting_label(summary['setting'])}; all {editors['n_edits']} edits in one update)"
             else:
-                label = f"{name.upper()} (base model, layer {editors['layer']})"
+                label = f"{name.upper()} (base model, {setting_label(summary['setting'])})"
             rows.append((label, summary))
     return rows
 
@@ -277,15 +277,23 @@ def tune_table(tune: dict, grid: dict) -> list[str]:
     return lines
 
 
+def setting_label(setting: dict) -> str:
+    return ", ".join(f"{key} {value:g}" for key, value in setting.items())
+
+
 def editors_section(evaluate: dict, editors: dict | None) -> list[str]:
     """The editors after ENN beside it, and their paired differences with ENN."""
     if not editors:
         return []
+    chosen = [name for name, summary in editors.items() if isinstance(summary, dict) and "grid" in summary]
     lines = [f"## Editors on the same {editors['n_edits']} test edits", "",
-             f"ROME and MEMIT edit the base model (no training); the edit layer, {editors['layer']}, was chosen on validation "
-             "edits with ROME (" + ", ".join(f"{k}: success {v['edit_success']:.2f}, drawdown {v['ppl_drawdown']:.3g}"
-                                              for k, v in editors["layer_grid"].items()) + "). A batched editor is read "
-             "as one update for all the edits: its edit success is the fraction that hold afterwards.", "",
+             "ROME and MEMIT edit the base model (no training). Each one's setting was chosen on validation edits "
+             "(lowest drawdown among those reaching the target success, else the best success): "
+             + "; ".join(f"{name.upper()} {setting_label(editors[name]['setting'])} (" + ", ".join(
+                 f"{k}: success {v['edit_success']:.2f}, drawdown {v['ppl_drawdown']:.3g}"
+                 for k, v in editors[name]["grid"].items()) + ")" for name in chosen)
+             + ". A batched editor is read as one update for all the edits: its edit success is the fraction that "
+             "hold afterwards.", "",
              field_table(editor_rows(evaluate, editors)), ""]
     for comparison, per_procedure in editors.get("differences", {}).items():
         lines.append(f"Paired over the same edits, {comparison}: " + "; ".join(

@@ -1,8 +1,9 @@
 """The closed-form editors (`editors.names`: ROME, MEMIT) on the base model, beside ENN, on the same test edits.
 
-The edit layer is chosen on validation edits with ROME among `rome.layers` (the `tune.target_success` rule: the
-lowest drawdown among the layers reaching it, else the best success), a small stand-in for causal tracing;
-MEMIT edits `memit.n_layers` blocks ending there. Then each editor is read once on the test edits of `evaluate`
+Each editor's setting is chosen on `editors.n_tune_edits` validation edits by the `tune.target_success` rule (the
+lowest drawdown among the settings reaching it, else the best success): ROME's the edit layer among `rome.layers`
+(a small stand-in for causal tracing), MEMIT's lambda among `memit.lambdas`, on `memit.n_layers` blocks ending at
+that layer, with the validation edits in one update. Then each editor is read once on the test edits of `evaluate`
 (the same edits, leakage probes, passages and fluency prompts): one edit at a time from the unedited weights, or,
 for an editor that edits in batches, all of them in one update. Per-edit editors are paired with ENN (the editable
 model's `ft` rows of `--enn-rows`) on every metric. `--metrics` gets the headline, `--details` the summaries,
@@ -11,7 +12,7 @@ intervals and the layer grid, `--rows` a row per edit (or batch)."""
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.editors import build, stats_layers
+from editable_lm.editors import build, setting_name, settings, stats_layers
 from editable_lm.evaluation import (
     COMPARED_METRICS, EDIT_METRICS, batched_grid, best_setting, evaluate_edits, fluency_prompts, held_out, reference,
     test_sample, without_probes,
@@ -40,33 +41,38 @@ def main() -> None:
         split = SplitForward(lm, editor.weight_names(lm))
         return split, reference(split, tokenizer, passages, cfg.seq_len)
 
-    val_pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_val.jsonl")), ed.n_tune_edits, cfg.seed))
-    grid = {}
-    for layer in params.rome.layers:
-        rome = build("rome", params, layer, moments, contexts)
-        split, ref = split_for(rome, val_passages[: tune.n_ppl_passages])
-        rows = evaluate_edits(split, tokenizer, val_pairs, [rome], ref, cfg.seq_len, label=f"rome layer {layer} (validation)")
-        grid[f"layer={layer}"] = summarize(rows, TUNE_KEYS)
-    layer = int(best_setting(grid, tune.target_success).split("=")[1])
-    print(f"edit layer {layer}: validation edit success {grid[f'layer={layer}']['edit_success']:.2f}, "
-          f"drawdown {grid[f'layer={layer}']['ppl_drawdown']:.3f}")
-
-    pairs, passages, fluency = test_sample(args.split, cfg, rel)
-    details = {"n_edits": len(pairs), "layer": layer, "layer_grid": grid, "contexts": list(contexts)}
-    rows, per_edit = [], []
-    for name in ed.names:
-        editor = build(name, params, layer, moments, contexts)
-        split, ref = split_for(editor, passages)
+    def measure(editor, split, ref, pairs, label, fluency=None):
+        """A row per edit (one at a time), or one row for all `pairs` in one update (a batched editor)."""
         if editor.batched:
-            editor_rows = batched_grid(split, tokenizer, pairs, [editor], ref, cfg.seq_len, len(pairs))[editor.name]
-            details[name] = summarize(editor_rows, ("edit_success", "ppl_drawdown", "ppl_post", "kl", "seconds"))
-        else:
-            editor_rows = evaluate_edits(split, tokenizer, pairs, [editor], ref, cfg.seq_len, rel.n_leak_probes, cfg.seed,
-                                         name, fluency, rel.n_fluency_edits)
-            details[name] = summarize(editor_rows, EDIT_METRICS, rel.n_bootstrap, cfg.seed)
+            return batched_grid(split, tokenizer, pairs, [editor], ref, cfg.seq_len, len(pairs))[editor.name]
+        return evaluate_edits(split, tokenizer, pairs, [editor], ref, cfg.seq_len, rel.n_leak_probes if fluency else 0,
+                              cfg.seed, label, fluency, rel.n_fluency_edits if fluency else 0)
+
+    val_pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_val.jsonl")), ed.n_tune_edits, cfg.seed))
+    pairs, passages, fluency = test_sample(args.split, cfg, rel)
+    details, rows, per_edit, layer = {"n_edits": len(pairs), "contexts": list(contexts)}, [], [], None
+    for name in ed.names:
+        grid = {}  # validation: one edit at a time, or the validation edits in one update for a batched editor
+        for setting in settings(name, params, layer):
+            editor = build(name, params, setting, moments, contexts)
+            split, ref = split_for(editor, val_passages[: tune.n_ppl_passages])
+            grid[setting_name(setting)] = summarize(measure(editor, split, ref, val_pairs, f"{name} {setting_name(setting)} (validation)"),
+                                                    TUNE_KEYS)
+        chosen = best_setting(grid, tune.target_success)
+        setting = settings(name, params, layer)[list(grid).index(chosen)]
+        layer = setting["layer"]
+        print(f"{name}: {chosen} (validation edit success {grid[chosen]['edit_success']:.2f}, "
+              f"drawdown {grid[chosen]['ppl_drawdown']:.3f})")
+        editor = build(name, params, setting, moments, contexts)
+        split, ref = split_for(editor, passages)
+        editor_rows = measure(editor, split, ref, pairs, name, fluency)
+        keys = ("edit_success", "ppl_drawdown", "ppl_post", "kl", "seconds") if editor.batched else EDIT_METRICS
+        details[name] = {"setting": setting, "grid": grid, "weights": editor.weight_names(lm),
+                         **summarize(editor_rows, keys, rel.n_bootstrap, cfg.seed)}
+        if not editor.batched:
             per_edit += [{**row, "model": name, "procedure": "edit"} for row in editor_rows]
-        details[name]["weights"] = editor.weight_names(lm)
         rows += [{"editor": name, "model": "base", **row} for row in editor_rows]
+    details["layer"] = layer
     enn = [{**row, "model": "enn", "procedure": "edit"} for row in read_csv(args.enn_rows)
            if (row["model"], row["procedure"]) == ENN]
     comparisons = [(row_editor, "enn") for row_editor in dict.fromkeys(r["model"] for r in per_edit)]

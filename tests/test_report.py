@@ -347,9 +347,11 @@ def test_editors_section_rows_and_pairing(inputs, tmp_path):
     and a sentence per metric paired with ENN."""
     editors = {
         "n_edits": 4, "layer": 12,
-        "layer_grid": {"layer=6": {"edit_success": 0.5, "ppl_drawdown": 0.01}, "layer=12": {"edit_success": 1.0, "ppl_drawdown": 0.02}},
-        "rome": {**summary({"edit_success": 0.75, "ppl_drawdown": 0.02, "sec_per_edit": 3.0}), "weights": ["w"]},
-        "memit": {"edit_success": 0.5, "ppl_drawdown": 0.04, "seconds": 8.0, "weights": ["a", "b"]},
+        "rome": {**summary({"edit_success": 0.75, "ppl_drawdown": 0.02, "sec_per_edit": 3.0}), "weights": ["w"],
+                 "setting": {"layer": 12}, "grid": {"layer=6": {"edit_success": 0.5, "ppl_drawdown": 0.01},
+                                                    "layer=12": {"edit_success": 1.0, "ppl_drawdown": 0.02}}},
+        "memit": {"edit_success": 0.5, "ppl_drawdown": 0.04, "seconds": 8.0, "weights": ["a", "b"],
+                  "setting": {"layer": 12, "lambda": 100.0}, "grid": {"layer=12,lambda=100": {"edit_success": 0.5, "ppl_drawdown": 0.04}}},
         "differences": {"rome-enn": {"edit": {"edit_success": paired(-0.2, -0.3, -0.1), "ppl_drawdown": paired(0.01, -0.01, 0.03)}}},
     }
     out = tmp_path / "report.md"
@@ -359,8 +361,9 @@ def test_editors_section_rows_and_pairing(inputs, tmp_path):
     rows = [line for line in text.split("## Editors")[1].splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0] for row in rows] == [
         "| FT (fine-tuned model)", "| FT+KL (fine-tuned model)", "| ENN (editable model)", "| ROME (base model, layer 12)",
-        "| MEMIT (base model, all 4 edits in one update)"]
+        "| MEMIT (base model, layer 12, lambda 100; all 4 edits in one update)"]
     assert rows[3].split(" | ")[1] == "0.75 [0.65, 0.85]"
     assert rows[4].split(" | ")[-1] == "2 |"  # 8 s for 4 edits
     assert "edit success -0.2 [-0.3, -0.1] (loses)" in text
+    assert "ROME layer 12 (layer=6: success 0.50, drawdown 0.01, layer=12: success 1.00, drawdown 0.02)" in text
     assert "perplexity drawdown +0.01 [-0.01, +0.03] (no clear difference)" in text

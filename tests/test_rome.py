@@ -200,19 +200,21 @@ def test_memit_edits_a_batch_over_several_layers(family, tokenizer):
 
 
 def test_registry_builds_editors_from_params():
-    from editable_lm.editors import build, memit_layers, stats_layers
+    from editable_lm.editors import build, memit_layers, setting_name, settings, stats_layers
     from editable_lm.params import parse_params
 
-    params = parse_params({"rome": {"layers": [1, 5]}, "memit": {"n_layers": 3}})
+    params = parse_params({"rome": {"layers": [1, 5]}, "memit": {"n_layers": 3, "lambdas": [10.0, 100.0]}})
     assert memit_layers(params, 5) == (3, 4, 5) and memit_layers(params, 1) == (0, 1)
     assert stats_layers(params) == [0, 1, 3, 4, 5]
+    assert settings("rome", params, None) == [{"layer": 1}, {"layer": 5}]
+    assert [setting_name(s) for s in settings("memit", params, 5)] == ["layer=5,lambda=10", "layer=5,lambda=100"]
     moments = {layer: torch.eye(2) for layer in range(6)}
-    memit = build("memit", params, 5, moments, ("a",))
-    assert memit.layers == (3, 4, 5) and memit.batched and memit.lam == params.memit.lam
-    rome = build("rome", params, 1, moments, ())
+    memit = build("memit", params, {"layer": 5, "lambda": 100.0}, moments, ("a",))
+    assert memit.layers == (3, 4, 5) and memit.batched and memit.lam == 100.0 and set(memit.moments) == {3, 4, 5}
+    rome = build("rome", params, {"layer": 1}, moments, ())
     assert rome.layer == 1 and not rome.batched and rome.value.steps == params.rome.steps
     with pytest.raises(EditLMError, match="unknown editor 'grace'"):
-        build("grace", params, 1, moments, ())
+        build("grace", params, {"layer": 1}, moments, ())
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -47,15 +47,28 @@ def stats_layers(params: Params) -> list[int]:
 
 
 BUILDERS = {
-    "rome": lambda params, layer, moments, contexts: Rome("rome", layer, value_params(params), contexts, moments[layer]),
-    "memit": lambda params, layer, moments, contexts: Memit(
-        "memit", memit_layers(params, layer), value_params(params), params.memit.lam, contexts,
-        {block: moments[block] for block in memit_layers(params, layer)}),
+    "rome": lambda params, setting, moments, contexts: Rome(
+        "rome", setting["layer"], value_params(params), contexts, moments[setting["layer"]]),
+    "memit": lambda params, setting, moments, contexts: Memit(
+        "memit", memit_layers(params, setting["layer"]), value_params(params), setting["lambda"], contexts,
+        {block: moments[block] for block in memit_layers(params, setting["layer"])}),
 }
 
 
-def build(name: str, params: Params, layer: int, moments: Mapping[int, Tensor], contexts: tuple[str, ...]) -> Editor:
-    """The editor `name` at edit layer `layer`, with the layers' second moments and the key contexts."""
+def settings(name: str, params: Params, layer: int | None) -> list[dict]:
+    """The settings an editor is chosen among on validation edits: ROME's the edit layer (`rome.layers`); MEMIT's
+    its lambda (`memit.lambdas`) at the chosen edit `layer`."""
+    if name == "rome":
+        return [{"layer": candidate} for candidate in params.rome.layers]
+    return [{"layer": layer, "lambda": lam} for lam in params.memit.lambdas]
+
+
+def setting_name(setting: dict) -> str:
+    return ",".join(f"{key}={value:g}" for key, value in setting.items())
+
+
+def build(name: str, params: Params, setting: dict, moments: Mapping[int, Tensor], contexts: tuple[str, ...]) -> Editor:
+    """The editor `name` at `setting` (its edit layer, ...), with the layers' second moments and the key contexts."""
     if name not in BUILDERS:
         raise EditLMError(f"editors.names: unknown editor {name!r} (choose from {', '.join(BUILDERS)})")
-    return BUILDERS[name](params, layer, moments, contexts)
+    return BUILDERS[name](params, setting, moments, contexts)
