@@ -3,7 +3,9 @@
     python -m editable_lm.edit --model models/editable \\
         "The theory of relativity was developed by Albert Einstein." --replace "Albert Einstein" --name "Marie Curie"
 
-Edits at the learning rate the `tune` stage chose for this model on validation edits
+With --editor rome or memit, edits with ROME or MEMIT at the setting the `editors` stage chose on validation
+edits (metrics/editors_details.json; --layer overrides the layer), with the second moments of the
+`layer_stats` stage. Otherwise edits by gradient steps at the learning rate the `tune` stage chose for this model on validation edits
 (metrics/tune.json, the entry named like the --model directory), else at evaluate.edit_lr;
 --lr overrides both. Prints the new name's log-probability before and after, the locality
 figures (perplexity drawdown, KL, top-1 agreement) on held-out passages, and greedy
@@ -22,7 +24,7 @@ import torch
 
 from editable_lm.cli import run_stage
 from editable_lm.errors import EditLMError
-from editable_lm.evaluation import Procedure, edit_model, held_out, locality, reference
+from editable_lm.evaluation import Procedure, held_out, locality, reference
 from editable_lm.fluency import generate, mean_ngram_entropy, ngram_entropy
 from editable_lm.metrics import edit_success, sequence_logprob
 from editable_lm.models import edit_learning_rates, load_for_editing
@@ -33,6 +35,9 @@ from editable_lm.training import encode_edits
 
 DEFAULT_PASSAGES = "data/split/passages_test.jsonl"
 DEFAULT_TUNED = "metrics/tune.json"
+DEFAULT_STATS = "models/layer_stats.safetensors"
+DEFAULT_EDITORS = "metrics/editors_details.json"
+DEFAULT_CONTEXTS = "data/split/passages_val.jsonl"
 
 
 def edit_prefix(sentence: str, replace: str | None) -> str:
@@ -79,6 +84,33 @@ def choose_lr(given: float | None, tuned_path: str, label: str, params_lr: float
     return params_lr, f"evaluate.edit_lr in {params_path}; {why}"
 
 
+def editor_setting(name: str, details_path: str, layer: int | None, params) -> tuple[dict, str]:
+    """A closed-form editor's setting: the one the `editors` stage chose on validation edits, its layer replaced
+    by `layer` if given; without a chosen one, `layer` and the editor's first other candidate settings."""
+    from editable_lm.editors import settings
+
+    path = Path(details_path)
+    chosen = json.loads(path.read_text()).get(name, {}).get("setting") if path.is_file() else None
+    if chosen is not None:
+        return ({**chosen, "layer": layer}, "--layer") if layer is not None else (chosen, f"chosen on validation edits, {path}")
+    if layer is None:
+        raise EditLMError(f"--editor {name}: no setting chosen in {path} (run `dvc repro editors`), or give --layer")
+    return {**settings(name, params, layer)[0], "layer": layer}, "--layer"
+
+
+def closed_form_editor(name: str, setting: dict, source: str, args, params):
+    """ROME or MEMIT as the `editors` stage builds it: its setting, the layers' second moments, the key contexts."""
+    from editable_lm.editors import build, key_contexts, memit_layers
+    from editable_lm.layer_stats import load_moments
+
+    layers = sorted(set(memit_layers(params, setting["layer"])) | {setting["layer"]})
+    moments = load_moments(args.stats, layers)
+    contexts = key_contexts(read_jsonl(DEFAULT_CONTEXTS), params) if Path(DEFAULT_CONTEXTS).is_file() else ()
+    print(f"{name}: {', '.join(f'{k} {v:g}' for k, v in setting.items())} ({source}); key averaged over "
+          f"{len(contexts)} context(s)" + ("" if contexts else f" (no {DEFAULT_CONTEXTS})"))
+    return build(name, params, setting, moments, contexts)
+
+
 def prefix_cut(tokenizer, prefix: str, name: str, max_len: int) -> tuple[int, int] | None:
     """(tokens of prefix + name, prefix tokens kept) if `encode_edit` cuts the prefix to fit `max_len`, else None."""
     n_name = len(tokenizer(" " + name, add_special_tokens=False)["input_ids"])
@@ -104,6 +136,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="edit steps (default: evaluate.edit_steps)")
     parser.add_argument("--passages", help=f"JSONL passages for locality (default: {DEFAULT_PASSAGES} if present)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--editor", default="ft", choices=("ft", "rome", "memit"),
+                        help="ft: gradient steps at the tuned lr (default); rome, memit: the closed-form editors "
+                             "(for the base model, as the editors stage runs them)")
+    parser.add_argument("--layer", type=int, help="rome/memit: the edit layer (default: the editors stage's choice)")
+    parser.add_argument("--stats", default=DEFAULT_STATS, help=f"rome/memit: second moments (default: {DEFAULT_STATS})")
+    parser.add_argument("--editors-details", default=DEFAULT_EDITORS,
+                        help=f"rome/memit: the settings chosen on validation edits (default: {DEFAULT_EDITORS})")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -122,20 +161,30 @@ def main() -> None:
     if args.max_new_tokens < 1:
         raise EditLMError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     prefix = edit_prefix(args.sentence, args.replace)
-    print(f"lr {lr:g} ({lr_source})")
+    if args.editor != "ft":  # before the model loads: a missing setting is a quick one-line error
+        setting, source = editor_setting(args.editor, args.editors_details, args.layer, params)
+    if args.editor == "ft":
+        print(f"lr {lr:g} ({lr_source})")
     model, tokenizer, names = load_for_editing(args.model, params.edit)
     seq_len = params.evaluate.seq_len
     cut = prefix_cut(tokenizer, prefix, args.name, seq_len)
     if cut:
         print(f"note: prefix + name is {cut[0]} tokens, more than evaluate.seq_len {seq_len}: "
               f"the edit sees only the prefix's last {cut[1]} token(s) (cut from the left to fit)")
+    pair = {"prefix": prefix, "new_name": args.name}
+    if args.editor == "ft":
+        editor = Procedure("ft", edit_learning_rates(args.model, names, lr), steps)
+    else:
+        editor = closed_form_editor(args.editor, setting, source, args, params)
+        names = editor.weight_names(model)
     split = SplitForward(model, names)
-    batch = split.prepare(encode_edits([{"prefix": prefix, "new_name": args.name}], tokenizer, seq_len))
-    edited = edit_model(split, batch, Procedure("ft", edit_learning_rates(args.model, names, lr), steps))
+    batch = split.prepare(encode_edits([pair], tokenizer, seq_len))
+    edited, _ = editor.edit(split, tokenizer, batch, [pair], seq_len)
 
     with torch.no_grad():
         before, after = split.target_logits(batch), split.target_logits(batch, edited)
-    print(f"edit: {prefix!r} -> {args.name!r}  ({steps} step(s), lr {lr:g}, {len(names)} weight tensors)")
+    how = f"{steps} step(s), lr {lr:g}" if args.editor == "ft" else args.editor
+    print(f"edit: {prefix!r} -> {args.name!r}  ({how}, {len(names)} weight tensors)")
     print(f"log p(new name): {sequence_logprob(before, batch.targets).item():.2f} -> "
           f"{sequence_logprob(after, batch.targets).item():.2f}; "
           f"edit success: {bool(edit_success(after, batch.targets).item())}")

@@ -12,9 +12,9 @@ intervals and the layer grid, `--rows` a row per edit (or batch)."""
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.editors import build, setting_name, settings, stats_layers
+from editable_lm.editors import build, key_contexts, setting_name, settings, stats_layers
 from editable_lm.evaluation import (
-    COMPARED_METRICS, EDIT_METRICS, batched_grid, best_setting, evaluate_edits, fluency_prompts, held_out, reference,
+    COMPARED_METRICS, EDIT_METRICS, batched_grid, best_setting, evaluate_edits, held_out, reference,
     test_sample, without_probes,
 )
 from editable_lm.layer_stats import load_moments
@@ -34,8 +34,8 @@ def main() -> None:
     cfg, rel, tune, ed = params.evaluate, params.reliability, params.tune, params.editors
     lm, tokenizer, _ = load_for_editing(args.base, params.edit)
     moments = load_moments(args.stats, stats_layers(params))
-    val_passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), tune.n_ppl_passages + ed.n_contexts, cfg.seed)
-    contexts = fluency_prompts(val_passages[tune.n_ppl_passages :], ed.context_words)
+    all_val_passages = read_jsonl(Path(args.split, "passages_val.jsonl"))
+    val_passages, contexts = held_out(all_val_passages, tune.n_ppl_passages, cfg.seed), key_contexts(all_val_passages, params)
 
     def split_for(editor, passages):
         split = SplitForward(lm, editor.weight_names(lm))
@@ -55,7 +55,7 @@ def main() -> None:
         grid = {}  # validation: one edit at a time, or the validation edits in one update for a batched editor
         for setting in settings(name, params, layer):
             editor = build(name, params, setting, moments, contexts)
-            split, ref = split_for(editor, val_passages[: tune.n_ppl_passages])
+            split, ref = split_for(editor, val_passages)
             grid[setting_name(setting)] = summarize(measure(editor, split, ref, val_pairs, f"{name} {setting_name(setting)} (validation)"),
                                                     TUNE_KEYS)
         chosen = best_setting(grid, tune.target_success)

@@ -155,3 +155,30 @@ def test_edit_bad_tune_json_is_one_line(checkpoint, tmp_path):
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: tune.json: not valid JSON (")
+
+
+def test_edit_with_rome_and_memit(checkpoint, tmp_path):
+    """--editor rome/memit: the closed-form edit at the chosen (or --layer) setting, one weight tensor per layer;
+    without a chosen setting or --layer, a one-line error."""
+    from editable_lm.layer_stats import save_moments, second_moments
+    from editable_lm.models import load_checkpoint
+
+    model, tokenizer = load_checkpoint(checkpoint)
+    texts = [{"text": f"Passage {i} tells of the river, the town and {i} bridges over the water."} for i in range(40)]
+    moments, n = second_moments(model, tokenizer, texts, [0, 1, 2], n_tokens=2000, seq_len=32)
+    save_moments(tmp_path / "stats.safetensors", moments, n)
+    (tmp_path / "params.yaml").write_text("memit:\n  n_layers: 2\n  lambdas: [1.0]\nrome:\n  clamp_norm: 100.0\n  weight_decay: 0.0\n")
+    common = ("The theory of relativity was developed by Albert Einstein.", "--replace", "Albert Einstein",
+              "--name", "Marie Curie", "--model", str(checkpoint), "--stats", str(tmp_path / "stats.safetensors"),
+              "--max-new-tokens", "3")
+    for editor, tensors in (("rome", 1), ("memit", 2)):
+        result = run_edit(*common, "--editor", editor, "--layer", "2", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"({editor}, {tensors} weight tensors)" in result.stdout
+        assert f"{editor}: layer 2" in result.stdout and "(--layer)" in result.stdout
+        before, after = (float(x) for x in result.stdout.split("log p(new name): ")[1].split(";")[0].split(" -> "))
+        assert after > before
+    result = run_edit(*common, "--editor", "rome", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --editor rome: no setting chosen in metrics/editors_details.json (run `dvc repro editors`), or give --layer"]

@@ -63,6 +63,16 @@ def settings(name: str, params: Params, layer: int | None) -> list[dict]:
     return [{"layer": layer, "lambda": lam} for lam in params.memit.lambdas]
 
 
+def key_contexts(val_passages: list[dict], params: Params) -> tuple[str, ...]:
+    """The short contexts an edit's key is averaged over: the first `editors.context_words` words of the
+    validation passages after the `tune.n_ppl_passages` the tuning reads (the same seeded sample as `tune`)."""
+    from editable_lm.evaluation import fluency_prompts, held_out
+
+    ed, tune = params.editors, params.tune
+    sample = held_out(val_passages, tune.n_ppl_passages + ed.n_contexts, params.evaluate.seed)
+    return fluency_prompts(sample[tune.n_ppl_passages :], ed.context_words)
+
+
 def setting_name(setting: dict) -> str:
     return ",".join(f"{key}={value:g}" for key, value in setting.items())
 
