@@ -81,7 +81,7 @@ def test_declared_metrics_are_headline_numbers(repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = shown[""]["data"]
     assert set(files) == {"dvclive/finetune/metrics.json", "dvclive/editable/metrics.json", "metrics/tune.json",
-                          "metrics/evaluate.json", "metrics/sweep.json", "metrics/sequential.json"}
+                          "metrics/evaluate.json", "metrics/sweep.json", "metrics/sequential.json", "metrics/editors.json"}
     for name, content in files.items():
         leaves = numbers(content["data"])
         assert leaves, name
@@ -93,7 +93,8 @@ def test_declared_metrics_are_headline_numbers(repo):
     assert "editable-finetuned.ft.edit_success" in leaves and "base.ft.ppl_post" in leaves
     assert f"editable.after_{SMOKE['sequential']['n_edits']}.retention" in numbers(files["metrics/sequential.json"]["data"])
     assert "train.loss_base" in numbers(files["dvclive/finetune/metrics.json"]["data"])
-    for name in ("evaluate_details.json", "sweep_details.json", "tune_grid.json"):
+    assert {"rome.edit_success", "memit.edit_success", "rome-enn.edit_success"} <= set(numbers(files["metrics/editors.json"]["data"]))
+    for name in ("evaluate_details.json", "sweep_details.json", "tune_grid.json", "editors_details.json"):
         assert (repo / "metrics" / name).is_file() and name not in json.dumps(files)  # plain outputs, not metrics
 
 
