@@ -14,6 +14,8 @@
    `evaluate.n_ppl_passages` x `evaluate.seq_len` held-out tokens, for every edit procedure, over three
    checkpoints that differ in their top `train.outer_blocks` blocks (as the evaluation stages see them:
    on the split path they share the blocks below, `SharedLower`).
+3. The editors after ENN on the default configuration: `layer_stats`'s second moments, ROME's seconds per edit,
+   MEMIT's one update for `--edits` edits.
 
 Prints figures and ratios; asserts nothing. Run it on a quiet machine.
 """
@@ -186,6 +188,40 @@ def distilgpt2_in_processes(rounds: int, processes: int) -> list[dict[str, float
     return [json.loads(run.stdout.splitlines()[-1]) for run in runs]  # the worker's last line: its times
 
 
+def editors_config(n_edits: int) -> list[tuple[str, float]]:
+    """Part 3: the closed-form editors on the default params: second moments of every block they may edit, ROME
+    per edit at the middle candidate layer, MEMIT's one update for the same edits (its deltas computed afresh)."""
+    from editable_lm.editors import build, memit_layers, rome as rome_module, stats_layers
+    from editable_lm.layer_stats import second_moments
+
+    params = load_params("params.yaml")
+    model, tokenizer = build_base_model(params.model.name)
+    model.eval().requires_grad_(False)
+    passages = load_passages(params.data)
+    start = time.perf_counter()
+    moments, n_tokens = second_moments(model, tokenizer, passages, stats_layers(params), params.editors.n_stats_tokens,
+                                       params.evaluate.seq_len)
+    rows = [(f"layer_stats: {len(moments)} blocks over {n_tokens} tokens (s)", time.perf_counter() - start)]
+    layer = params.rome.layers[len(params.rome.layers) // 2]
+    contexts = tuple(" ".join(p["text"].split()[: params.editors.context_words]) for p in passages[: params.editors.n_contexts])
+    pairs = synthetic_pairs(passages, n_edits + 1)
+    rome = build("rome", params, {"layer": layer}, moments, contexts)
+    split = SplitForward(model, rome.weight_names(model))
+    rome.edit(split, tokenizer, None, pairs[-1:], params.evaluate.seq_len)  # warm-up
+    start = time.perf_counter()
+    for pair in pairs[:-1]:
+        rome.edit(split, tokenizer, None, [pair], params.evaluate.seq_len)
+    rows.append((f"ROME at layer {layer}, seconds per edit ({n_edits} edits)", (time.perf_counter() - start) / n_edits))
+    rome_module._DELTAS.clear()  # MEMIT from scratch: its per-edit deltas are not ROME's cached ones
+    memit = build("memit", params, {"layer": layer, "lambda": params.memit.lambdas[0]}, moments, contexts)
+    split = SplitForward(model, memit.weight_names(model))
+    start = time.perf_counter()
+    memit.edit(split, tokenizer, None, pairs[:-1], params.evaluate.seq_len)
+    rows.append((f"MEMIT over blocks {list(memit_layers(params, layer))}, one update of {n_edits} edits (s)",
+                 time.perf_counter() - start))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
@@ -211,6 +247,10 @@ def main() -> None:
     print("\n## Default configuration (params.yaml)\n\n| figure | split | full | split / full |\n|---|---|---|---|")
     for name, split, full in default_config(args.rounds, args.edits):
         print(f"| {name} | {split:.2f} | {full:.2f} | {split / full:.2f} |")
+
+    print("\n## Editors after ENN (default params)\n\n| figure | value |\n|---|---|")
+    for name, value in editors_config(args.edits):
+        print(f"| {name} | {value:.2f} |")
 
 
 if __name__ == "__main__":
