@@ -227,5 +227,5 @@ def test_evaluation_sample_size_reruns_split_but_not_training(repo):
     models = trained(repo)
     set_params(repo, reliability={"n_edits": 2})
     ran, _ = repro(repo)
-    assert ran == {"check_params", "split", "evaluate", "report"}
+    assert ran == {"check_params", "split", "evaluate", "editors", "report"}
     assert trained(repo) == models

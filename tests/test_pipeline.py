@@ -126,8 +126,8 @@ def test_edit_lr_reruns_only_evaluation(repo):
     set_params(repo, evaluate={"edit_lr": 0.01})
     ran, _ = repro(repo)
     # check_params validates every change to params.yaml; it has no effect on the other stages.
-    # The sweep sets its own learning rates, so it does not rerun.
-    assert ran == {"check_params", "evaluate", "sequential", "report"}
+    # The sweep sets its own learning rates, so it does not rerun; the editors stage pairs ROME with evaluate's rows.
+    assert ran == {"check_params", "evaluate", "sequential", "editors", "report"}
 
 
 def test_sweep_setting_retrains_nothing(repo):
@@ -139,14 +139,15 @@ def test_sweep_setting_retrains_nothing(repo):
     chosen = (repo / "metrics" / "tune.json").read_text()
     set_params(repo, sweep={"lrs": [0.01, 0.05]})
     ran, _ = repro(repo)
-    readers = {"evaluate", "sequential"} if (repo / "metrics" / "tune.json").read_text() != chosen else set()
+    readers = {"evaluate", "sequential", "editors"} if (repo / "metrics" / "tune.json").read_text() != chosen else set()
     assert ran == {"check_params", "tune", "sweep", "report"} | readers
 
 
 def test_split_seed_reruns_split_and_after(repo):
     set_params(repo, split={"seed": 1})
     ran, _ = repro(repo)
-    assert ran == {"check_params", "split", "finetune", "editable", "tune", "evaluate", "sweep", "sequential", "report"}
+    assert ran == {"check_params", "split", "finetune", "editable", "tune", "evaluate", "sweep", "sequential", "layer_stats",
+                   "editors", "report"}
 
 
 @pytest.mark.parametrize(
