@@ -103,8 +103,7 @@ def closed_form_editor(name: str, setting: dict, source: str, args, params):
     from editable_lm.editors import build, key_contexts, memit_layers
     from editable_lm.layer_stats import load_moments
 
-    layers = sorted(set(memit_layers(params, setting["layer"])) | {setting["layer"]})
-    moments = load_moments(args.stats, layers)
+    moments = load_moments(args.stats, list(memit_layers(params, setting["layer"])))  # ends at the layer: ROME's too
     contexts = key_contexts(read_jsonl(DEFAULT_CONTEXTS), params) if Path(DEFAULT_CONTEXTS).is_file() else ()
     print(f"{name}: {', '.join(f'{k} {v:g}' for k, v in setting.items())} ({source}); key averaged over "
           f"{len(contexts)} context(s)" + ("" if contexts else f" (no {DEFAULT_CONTEXTS})"))
@@ -161,10 +160,10 @@ def main() -> None:
     if args.max_new_tokens < 1:
         raise EditLMError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     prefix = edit_prefix(args.sentence, args.replace)
-    if args.editor != "ft":  # before the model loads: a missing setting is a quick one-line error
-        setting, source = editor_setting(args.editor, args.editors_details, args.layer, params)
     if args.editor == "ft":
         print(f"lr {lr:g} ({lr_source})")
+    else:  # before the model loads: a missing setting is a quick one-line error
+        setting, source = editor_setting(args.editor, args.editors_details, args.layer, params)
     model, tokenizer, names = load_for_editing(args.model, params.edit)
     seq_len = params.evaluate.seq_len
     cut = prefix_cut(tokenizer, prefix, args.name, seq_len)
