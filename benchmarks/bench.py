@@ -38,7 +38,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from editable_lm.corpus import load_passages
 from editable_lm.editing import IGNORE, collate, kl_divergence, lm_loss
-from editable_lm.evaluation import evaluate_edits, procedures, reference
+from editable_lm.editors import Resources, build, gradient_names
+from editable_lm.evaluation import evaluate_edits, reference
 from editable_lm.models import build_base_model, edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, load_params
 from editable_lm.split_forward import SharedLower, SplitForward
@@ -157,8 +158,8 @@ def default_config(rounds: int, n_edits: int) -> list[tuple[str, float, float]]:
         for checkpoint in checkpoints:
             forward = SplitForward(checkpoint, names, split, shared)
             ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
-            procs = procedures(forward, tokenizer, train_passages[: cfg.n_loc_passages], cfg.edit_lr, cfg.edit_steps,
-                               cfg.kl_weight, cfg.seq_len, cfg.max_steps)
+            resources = Resources(forward, tokenizer, cfg.seq_len, cfg.edit_lr, train_passages[: params.ft_kl.n_loc_passages])
+            procs = [build(name, params, None, resources) for name in gradient_names(params)]
             if start is None:  # warm-up on an edit the timed run does not see
                 evaluate_edits(forward, tokenizer, pairs[-1:], procs, ref, cfg.seq_len, params.reliability.n_leak_probes)
                 start = time.perf_counter()
@@ -191,7 +192,7 @@ def distilgpt2_in_processes(rounds: int, processes: int) -> list[dict[str, float
 def editors_config(n_edits: int) -> list[tuple[str, float]]:
     """Part 3: the closed-form editors on the default params: second moments of every block they may edit, ROME
     per edit at the middle candidate layer, MEMIT's one update for the same edits (its deltas computed afresh)."""
-    from editable_lm.editors import build, memit_layers, rome as rome_module, stats_layers
+    from editable_lm.editors import memit_layers, rome as rome_module, stats_layers
     from editable_lm.layer_stats import second_moments
 
     params = load_params("params.yaml")
@@ -205,7 +206,8 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
     layer = params.rome.layers[len(params.rome.layers) // 2]
     contexts = tuple(" ".join(p["text"].split()[: params.editors.context_words]) for p in passages[: params.editors.n_contexts])
     pairs = synthetic_pairs(passages, n_edits + 1)
-    rome = build("rome", params, {"layer": layer}, moments, contexts)
+    resources = Resources(moments=moments, contexts=contexts)
+    rome = build("rome", params, {"layer": layer}, resources)
     split = SplitForward(model, rome.weight_names(model))
     rome.edit(split, tokenizer, None, pairs[-1:], params.evaluate.seq_len)  # warm-up
     start = time.perf_counter()
@@ -213,7 +215,7 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
         rome.edit(split, tokenizer, None, [pair], params.evaluate.seq_len)
     rows.append((f"ROME at layer {layer}, seconds per edit ({n_edits} edits)", (time.perf_counter() - start) / n_edits))
     rome_module._DELTAS.clear()  # MEMIT from scratch: its per-edit deltas are not ROME's cached ones
-    memit = build("memit", params, {"layer": layer, "lambda": params.memit.lambdas[0]}, moments, contexts)
+    memit = build("memit", params, {"layer": layer, "lambda": params.memit.lambdas[0]}, resources)
     split = SplitForward(model, memit.weight_names(model))
     start = time.perf_counter()
     memit.edit(split, tokenizer, None, pairs[:-1], params.evaluate.seq_len)

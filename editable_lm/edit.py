@@ -3,11 +3,11 @@
     python -m editable_lm.edit --model models/editable \\
         "The theory of relativity was developed by Albert Einstein." --replace "Albert Einstein" --name "Marie Curie"
 
-With --editor rome or memit, edits with ROME or MEMIT at the setting the `editors` stage chose on validation
-edits (metrics/editors_details.json; --layer overrides the layer), with the second moments of the
-`layer_stats` stage. Otherwise edits by gradient steps at the learning rate the `tune` stage chose for this model on validation edits
-(metrics/tune.json, the entry named like the --model directory), else at evaluate.edit_lr;
---lr overrides both. Prints the new name's log-probability before and after, the locality
+--editor is any editor of `editable_lm.editors`. With rome or memit, edits at the setting the `editors` stage chose
+on validation edits (metrics/editors_details.json; --layer overrides the layer), with the second moments of the
+`layer_stats` stage. With a gradient editor (ft, the default; ft_kl; until_success), edits at the learning rate the
+`tune` stage chose for this model on validation edits (metrics/tune.json, the entry named like the --model
+directory), else at evaluate.edit_lr; --lr overrides both. Prints the new name's log-probability before and after, the locality
 figures (perplexity drawdown, KL, top-1 agreement) on held-out passages, and greedy
 generations for a few prompts before and after the edit, each with its fluency (ROME's
 weighted bigram/trigram entropy, editable_lm.fluency).
@@ -16,6 +16,7 @@ weighted bigram/trigram entropy, editable_lm.fluency).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -23,8 +24,11 @@ from pathlib import Path
 import torch
 
 from editable_lm.cli import run_stage
+from editable_lm.editors import BUILDERS, Resources, build, gradient, key_contexts, memit_layers, settings
 from editable_lm.errors import EditLMError
-from editable_lm.evaluation import Procedure, held_out, locality, reference
+from editable_lm.evaluation import held_out
+from editable_lm.layer_stats import load_moments
+from editable_lm.locality import locality, reference
 from editable_lm.fluency import generate, mean_ngram_entropy, ngram_entropy
 from editable_lm.metrics import edit_success, sequence_logprob
 from editable_lm.models import edit_learning_rates, load_for_editing
@@ -37,7 +41,7 @@ DEFAULT_PASSAGES = "data/split/passages_test.jsonl"
 DEFAULT_TUNED = "metrics/tune.json"
 DEFAULT_STATS = "models/layer_stats.safetensors"
 DEFAULT_EDITORS = "metrics/editors_details.json"
-DEFAULT_CONTEXTS = "data/split/passages_val.jsonl"
+DEFAULT_VAL_PASSAGES = "data/split/passages_val.jsonl"
 
 
 def edit_prefix(sentence: str, replace: str | None) -> str:
@@ -87,8 +91,6 @@ def choose_lr(given: float | None, tuned_path: str, label: str, params_lr: float
 def editor_setting(name: str, details_path: str, layer: int | None, params) -> tuple[dict, str]:
     """A closed-form editor's setting: the one the `editors` stage chose on validation edits, its layer replaced
     by `layer` if given; without a chosen one, `layer` and the editor's first other candidate settings."""
-    from editable_lm.editors import settings
-
     path = Path(details_path)
     chosen = json.loads(path.read_text()).get(name, {}).get("setting") if path.is_file() else None
     if chosen is not None:
@@ -100,14 +102,19 @@ def editor_setting(name: str, details_path: str, layer: int | None, params) -> t
 
 def closed_form_editor(name: str, setting: dict, source: str, args, params):
     """ROME or MEMIT as the `editors` stage builds it: its setting, the layers' second moments, the key contexts."""
-    from editable_lm.editors import build, key_contexts, memit_layers
-    from editable_lm.layer_stats import load_moments
-
     moments = load_moments(args.stats, list(memit_layers(params, setting["layer"])))  # ends at the layer: ROME's too
-    contexts = key_contexts(read_jsonl(DEFAULT_CONTEXTS), params) if Path(DEFAULT_CONTEXTS).is_file() else ()
+    contexts = key_contexts(read_jsonl(DEFAULT_VAL_PASSAGES), params) if Path(DEFAULT_VAL_PASSAGES).is_file() else ()
     print(f"{name}: {', '.join(f'{k} {v:g}' for k, v in setting.items())} ({source}); key averaged over "
-          f"{len(contexts)} context(s)" + ("" if contexts else f" (no {DEFAULT_CONTEXTS})"))
-    return build(name, params, setting, moments, contexts)
+          f"{len(contexts)} context(s)" + ("" if contexts else f" (no {DEFAULT_VAL_PASSAGES})"))
+    return build(name, params, setting, Resources(moments=moments, contexts=contexts))
+
+
+def gradient_editor(name: str, split: SplitForward, tokenizer, lr, steps: int | None, params):
+    """A gradient editor as the `evaluate` stage builds it (FT+KL's locality sample: the validation passages)."""
+    loc_passages = (held_out(read_jsonl(DEFAULT_VAL_PASSAGES), params.ft_kl.n_loc_passages, params.evaluate.seed)
+                    if Path(DEFAULT_VAL_PASSAGES).is_file() else [])
+    editor = build(name, params, None, Resources(split, tokenizer, params.evaluate.seq_len, lr, loc_passages))
+    return editor if steps is None else dataclasses.replace(editor, steps=steps)
 
 
 def prefix_cut(tokenizer, prefix: str, name: str, max_len: int) -> tuple[int, int] | None:
@@ -132,12 +139,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float,
                         help="edit learning rate (default: the tuned lr of the --model directory's name in --tuned, "
                              "else evaluate.edit_lr)")
-    parser.add_argument("--steps", type=int, help="edit steps (default: evaluate.edit_steps)")
+    parser.add_argument("--steps", type=int,
+                        help="gradient editors: edit steps (default: evaluate.edit_steps; until_success.max_steps)")
     parser.add_argument("--passages", help=f"JSONL passages for locality (default: {DEFAULT_PASSAGES} if present)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--editor", default="ft", choices=("ft", "rome", "memit"),
-                        help="ft: gradient steps at the tuned lr (default); rome, memit: the closed-form editors "
-                             "(for the base model, as the editors stage runs them)")
+    parser.add_argument("--editor", default="ft", choices=tuple(BUILDERS),
+                        help="ft (default), ft_kl, until_success: gradient steps at the tuned lr; rome, memit: the "
+                             "closed-form editors (for the base model, as the editors stage runs them)")
     parser.add_argument("--layer", type=int, help="rome/memit: the edit layer (default: the editors stage's choice)")
     parser.add_argument("--stats", default=DEFAULT_STATS, help=f"rome/memit: second moments (default: {DEFAULT_STATS})")
     parser.add_argument("--editors-details", default=DEFAULT_EDITORS,
@@ -147,7 +155,6 @@ def main() -> None:
     params = load_params(args.params)
     label = Path(args.model).resolve().name  # models/editable -> "editable", as tune.json names the models
     lr, lr_source = choose_lr(args.lr, args.tuned, label, params.evaluate.edit_lr, args.params)
-    steps = params.evaluate.edit_steps if args.steps is None else args.steps
     # An empty name would "edit" toward a space; a NaN or infinite lr would print NaN results.
     if not args.name.strip():
         raise EditLMError("--name: must not be empty")
@@ -155,12 +162,13 @@ def main() -> None:
         raise EditLMError("--prompt: must not be empty")
     if not (math.isfinite(lr) and lr >= 0):
         raise EditLMError(f"--lr: must be a finite number >= 0, got {lr}")
-    if steps < 1:
-        raise EditLMError(f"--steps: must be >= 1, got {steps}")
+    if args.steps is not None and args.steps < 1:
+        raise EditLMError(f"--steps: must be >= 1, got {args.steps}")
     if args.max_new_tokens < 1:
         raise EditLMError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     prefix = edit_prefix(args.sentence, args.replace)
-    if args.editor == "ft":
+    by_gradient = args.editor in gradient.NAMES
+    if by_gradient:
         print(f"lr {lr:g} ({lr_source})")
     else:  # before the model loads: a missing setting is a quick one-line error
         setting, source = editor_setting(args.editor, args.editors_details, args.layer, params)
@@ -171,18 +179,19 @@ def main() -> None:
         print(f"note: prefix + name is {cut[0]} tokens, more than evaluate.seq_len {seq_len}: "
               f"the edit sees only the prefix's last {cut[1]} token(s) (cut from the left to fit)")
     pair = {"prefix": prefix, "new_name": args.name}
-    if args.editor == "ft":
-        editor = Procedure("ft", edit_learning_rates(args.model, names, lr), steps)
+    if by_gradient:
+        split = SplitForward(model, names)
+        editor = gradient_editor(args.editor, split, tokenizer, edit_learning_rates(args.model, names, lr), args.steps, params)
     else:
         editor = closed_form_editor(args.editor, setting, source, args, params)
         names = editor.weight_names(model)
-    split = SplitForward(model, names)
+        split = SplitForward(model, names)
     batch = split.prepare(encode_edits([pair], tokenizer, seq_len))
     edited, _ = editor.edit(split, tokenizer, batch, [pair], seq_len)
 
     with torch.no_grad():
         before, after = split.target_logits(batch), split.target_logits(batch, edited)
-    how = f"{steps} step(s), lr {lr:g}" if args.editor == "ft" else args.editor
+    how = f"{args.editor}, {editor.steps} step(s), lr {lr:g}" if by_gradient else args.editor
     print(f"edit: {prefix!r} -> {args.name!r}  ({how}, {len(names)} weight tensors)")
     print(f"log p(new name): {sequence_logprob(before, batch.targets).item():.2f} -> "
           f"{sequence_logprob(after, batch.targets).item():.2f}; "

@@ -135,18 +135,8 @@ class EvaluateParams(Section):
     seed: Int = 0
     edit_steps: Int = AtLeast(2, 1)
     edit_lr: Float = AtLeast(3e-2, 0)
-    kl_weight: Float = AtLeast(1.0, 0)  # FT+KL: weight of KL(pre || post) on the locality sample
-    n_loc_passages: Int = AtLeast(2, 1)  # FT+KL locality sample (validation passages)
     n_ppl_passages: Int = AtLeast(8, 1)  # held-out test passages for perplexity, KL and agreement
     seq_len: Int = AtLeast(64, 8)
-    max_steps: Int = AtLeast(10, 0)  # edit until it holds (ENN's protocol), at most this many steps (0: skip)
-
-    @model_validator(mode="after")
-    def _ft_kl_needs_two_steps(self):
-        # KL(pre || post) has zero gradient at the unedited weights: one step would be plain FT.
-        if self.kl_weight > 0 and self.edit_steps < 2:
-            raise ParamError("FT+KL needs at least 2 steps (or evaluate.kl_weight: 0)", key="evaluate.edit_steps")
-        return self
 
 
 class ReliabilityParams(Section):
@@ -190,21 +180,47 @@ class SequentialParams(Section):
     n_batched: Int = AtLeast(20, 1)  # batched edits use the first n_batched of the edits, for every batch size
 
 
-class EditorsParams(Section):
-    """The closed-form editors beside ENN (stage `editors`), on the base model and the same test edits."""
+EDITORS = ("ft", "ft_kl", "until_success", "rome", "memit")  # the editors `editable_lm.editors` builds
 
-    names: tuple[Annotated[str, Field(pattern="^(rome|memit)$")], ...] = ("rome", "memit")  # rome first: it picks the layer
+
+class EditorsParams(Section):
+    """The editors compared: the gradient ones on every model at its tuned lr (stage `evaluate`), the closed-form
+    ones on the base model (stage `editors`), each with its own section below."""
+
+    names: tuple[str, ...] = EDITORS
     n_tune_edits: Int = AtLeast(8, 1)  # validation edits for ROME's layer choice
     n_contexts: Int = AtLeast(2, 0)  # short contexts each edit's key is averaged over (besides its own prefix) ...
     context_words: Int = AtLeast(5, 1)  # ... the first words of validation passages
     n_stats_tokens: Int = AtLeast(20000, 1)  # train-passage tokens for the second moments C (stage layer_stats)
 
     @model_validator(mode="after")
-    def _rome_first(self):
-        if self.names and self.names[0] != "rome":
-            raise ParamError(f"must start with rome (it chooses the edit layer the others use), got {list(self.names)}",
+    def _ft_and_rome_first(self):
+        names = list(self.names)
+        unknown = [name for name in names if name not in EDITORS]
+        if unknown:
+            raise ParamError(f"unknown editor {unknown[0]!r} (choose from {', '.join(EDITORS)})", key="editors.names")
+        if len(set(names)) < len(names):
+            raise ParamError(f"lists an editor twice: {names}", key="editors.names")
+        if "ft" not in names:  # tune, sweep and sequential edit with it; the editors stage pairs with ENN's ft edits
+            raise ParamError(f"must include ft (the edit every model is tuned for), got {names}", key="editors.names")
+        if "memit" in names and ("rome" not in names or names.index("rome") > names.index("memit")):
+            raise ParamError(f"memit needs rome before it (rome chooses the edit layer memit ends at), got {names}",
                              key="editors.names")
         return self
+
+
+class FtKlParams(Section):
+    """FT+KL: `evaluate.edit_steps` fine-tuning steps on the edit loss plus kl_weight x KL(pre || post) on a locality
+    sample of validation passages."""
+
+    kl_weight: Float = Positive(1.0)
+    n_loc_passages: Int = AtLeast(2, 1)
+
+
+class UntilSuccessParams(Section):
+    """Edit until it holds (ENN's protocol): steps until every new-name token is the argmax, at most `max_steps`."""
+
+    max_steps: Int = AtLeast(10, 1)
 
 
 class RomeParams(Section):
@@ -241,8 +257,17 @@ class Params(Section):
     sweep: SweepParams = SweepParams()
     sequential: SequentialParams = SequentialParams()
     editors: EditorsParams = EditorsParams()
+    ft_kl: FtKlParams = FtKlParams()
+    until_success: UntilSuccessParams = UntilSuccessParams()
     rome: RomeParams = RomeParams()
     memit: MemitParams = MemitParams()
+
+    @model_validator(mode="after")
+    def _ft_kl_needs_two_steps(self):
+        # KL(pre || post) has zero gradient at the unedited weights: one step would be plain FT.
+        if "ft_kl" in self.editors.names and self.evaluate.edit_steps < 2:
+            raise ParamError("FT+KL needs at least 2 steps (or leave ft_kl out of editors.names)", key="evaluate.edit_steps")
+        return self
 
 
 SECTIONS = tuple(Params.model_fields)

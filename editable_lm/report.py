@@ -333,7 +333,7 @@ def write_report(
         field_table([(model, evaluate[model]["ft"]) for model in MODELS]),
         "",
         "`ft`: plain gradient steps on the edit; `ft_kl`: the same with a KL penalty on a locality sample;",
-        "`until_success`: steps until every new-name token is the argmax, at most `evaluate.max_steps` (ENN's protocol;",
+        "`until_success`: steps until every new-name token is the argmax, at most `until_success.max_steps` (ENN's protocol;",
         "`steps_to_success` over the edits that succeeded).",
         f"Generality is measured on the {evaluate['base']['ft'].get('generality_n', 'all')} edits that have probes "
         "(other sentences of the same article naming the person); fluency on the first "

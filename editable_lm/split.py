@@ -17,7 +17,7 @@ SAMPLES = {
     "sweep.n_edits": [("val", "pairs"), ("test", "pairs")],
     "sequential.n_edits": [("test", "pairs")],
     "evaluate.n_ppl_passages": [("test", "passages")],
-    "evaluate.n_loc_passages": [("val", "passages")],
+    "ft_kl.n_loc_passages": [("val", "passages")],
     "tune.n_edits": [("val", "pairs")],
     "tune.n_ppl_passages": [("val", "passages")],
     "sweep.n_ppl_passages": [("val", "passages"), ("test", "passages")],

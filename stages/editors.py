@@ -1,9 +1,10 @@
-"""The closed-form editors (`editors.names`: ROME, MEMIT) on the base model, beside ENN, on the same test edits.
+"""The closed-form editors of `editors.names` (ROME, MEMIT) on the base model, beside ENN, on the same test edits.
 
-Each editor's setting is chosen on `editors.n_tune_edits` validation edits by the `tune.target_success` rule (the
-lowest drawdown among the settings reaching it, else the best success): ROME's the edit layer among `rome.layers`
-(a small stand-in for causal tracing), MEMIT's lambda among `memit.lambdas`, on `memit.n_layers` blocks ending at
-that layer, with the validation edits in one update. Then each editor is read once on the test edits of `evaluate`
+Each editor's setting is chosen on validation edits by the `tune.target_success` rule (the lowest drawdown among
+the settings reaching it, else the best success): ROME's edit layer among `rome.layers` (a small stand-in for
+causal tracing) on `editors.n_tune_edits` edits one at a time; MEMIT's lambda among `memit.lambdas`, on
+`memit.n_layers` blocks ending at that layer, on one update of as many validation edits as the test batch
+(`reliability.n_edits`: how much an update disturbs grows with its edits). Then each editor is read once on the test edits of `evaluate`
 (the same edits, leakage probes, passages and fluency prompts): one edit at a time from the unedited weights, or,
 for an editor that edits in batches, all of them in one update. Per-edit editors are paired with ENN (the editable
 model's `ft` rows of `--enn-rows`) on every metric. `--metrics` gets the headline, `--details` the summaries,
@@ -12,7 +13,7 @@ intervals and the layer grid, `--rows` a row per edit (or batch)."""
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.editors import build, key_contexts, setting_name, settings, stats_layers
+from editable_lm.editors import Resources, build, closed_form_names, key_contexts, setting_name, settings, stats_layers
 from editable_lm.evaluation import (
     COMPARED_METRICS, EDIT_METRICS, batched_grid, best_setting, evaluate_edits, held_out, reference,
     test_sample, without_probes,
@@ -37,25 +38,28 @@ def main() -> None:
     moments = load_moments(args.stats, stats_layers(params))
     all_val_passages = read_jsonl(Path(args.split, "passages_val.jsonl"))
     val_passages, contexts = held_out(all_val_passages, tune.n_ppl_passages, cfg.seed), key_contexts(all_val_passages, params)
+    resources = Resources(tokenizer=tokenizer, max_len=cfg.seq_len, moments=moments, contexts=contexts)
 
     def split_for(editor, passages):
         split = SplitForward(lm, editor.weight_names(lm))
         return split, reference(split, tokenizer, passages, cfg.seq_len)
 
-    def measure(editor, split, ref, pairs, label, fluency=None):
-        """A row per edit (one at a time), or one row for all `pairs` in one update (a batched editor)."""
+    def measure(editor, split, ref, pairs, label, test=False):
+        """A row per edit (one at a time), or one row for all `pairs` in one update (a batched editor); leakage
+        and fluency on test edits only."""
         if editor.batched:
             return batched_grid(split, tokenizer, pairs, [editor], ref, cfg.seq_len, len(pairs))[editor.name]
-        return evaluate_edits(split, tokenizer, pairs, [editor], ref, cfg.seq_len, rel.n_leak_probes if fluency else 0,
-                              cfg.seed, label, fluency, rel.n_fluency_edits if fluency else 0)
+        return evaluate_edits(split, tokenizer, pairs, [editor], ref, cfg.seq_len, rel.n_leak_probes if test else 0,
+                              cfg.seed, label, fluency if test else None, rel.n_fluency_edits if test else 0)
 
-    val_pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_val.jsonl")), ed.n_tune_edits, cfg.seed))
+    all_val_pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_val.jsonl")), rel.n_edits, cfg.seed))
     pairs, passages, fluency = test_sample(args.split, cfg, rel)
     details, rows, per_edit, layer = {"n_edits": len(pairs), "contexts": list(contexts)}, [], [], None
-    for name in ed.names:
-        grid = {}  # validation: one edit at a time, or the validation edits in one update for a batched editor
+    for name in closed_form_names(params):
+        grid = {}  # validation: one edit at a time, or a batch of the test batch's size in one update
         for setting in settings(name, params, layer):
-            editor = build(name, params, setting, moments, contexts)
+            editor = build(name, params, setting, resources)
+            val_pairs = all_val_pairs if editor.batched else all_val_pairs[: ed.n_tune_edits]
             split, ref = split_for(editor, val_passages)
             grid[setting_name(setting)] = summarize(measure(editor, split, ref, val_pairs, f"{name} {setting_name(setting)} (validation)"),
                                                     TUNE_KEYS)
@@ -64,9 +68,9 @@ def main() -> None:
         layer = setting["layer"]
         print(f"{name}: {chosen} (validation edit success {grid[chosen]['edit_success']:.2f}, "
               f"drawdown {grid[chosen]['ppl_drawdown']:.3f})")
-        editor = build(name, params, setting, moments, contexts)
+        editor = build(name, params, setting, resources)
         split, ref = split_for(editor, passages)
-        editor_rows = measure(editor, split, ref, pairs, name, fluency)
+        editor_rows = measure(editor, split, ref, pairs, name, test=True)
         keys = ("edit_success", "ppl_drawdown", "ppl_post", "kl", "seconds") if editor.batched else EDIT_METRICS
         details[name] = {"setting": setting, "grid": grid, "weights": editor.weight_names(lm),
                          **summarize(editor_rows, keys, rel.n_bootstrap, cfg.seed)}
@@ -79,7 +83,7 @@ def main() -> None:
     comparisons = [(row_editor, "enn") for row_editor in dict.fromkeys(r["model"] for r in per_edit)]
     details["differences"] = paired_differences(per_edit + enn, comparisons, COMPARED_METRICS, rel.n_bootstrap, cfg.seed)
     write_json(args.details, details)
-    headline = {name: {key: details[name][key] for key in HEADLINE if key in details[name]} for name in ed.names}
+    headline = {name: {key: details[name][key] for key in HEADLINE if key in details[name]} for name in closed_form_names(params)}
     for comparison, by_procedure in details["differences"].items():
         headline[comparison] = {key: d["mean"] for key, d in by_procedure["edit"].items() if key in PAIRED}
     write_json(args.metrics, headline)

@@ -1,14 +1,13 @@
 """One edit at a time on held-out test edits: reliability, generality, locality, leakage and fluency, per model and
-procedure, each model editing at its own learning rate (tune stage); paired differences between models on every
-metric. `--metrics` gets the headline means, `--details` every summary with its interval and every paired difference."""
+gradient editor of `editors.names` (ft, ft_kl, until_success), each model editing at its own learning rate (tune
+stage); paired differences between models on every metric. `--metrics` gets the headline means, `--details` every summary with its interval and every paired difference."""
 
 import json
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.evaluation import (
-    COMPARED_METRICS, EDIT_METRICS, MODELS, evaluate_edits, held_out, loaded_models, procedures, test_sample,
-)
+from editable_lm.editors import Resources, build, gradient_names
+from editable_lm.evaluation import COMPARED_METRICS, EDIT_METRICS, MODELS, evaluate_edits, held_out, loaded_models, test_sample
 from editable_lm.metrics import headline, paired_differences, summarize_by
 from editable_lm.storage import read_jsonl, write_csv, write_json
 
@@ -21,13 +20,14 @@ def main() -> None:
     cfg, rel = params.evaluate, params.reliability
     tuned = json.loads(Path(args.tuned).read_text())
     pairs, passages, fluency = test_sample(args.split, cfg, rel)
-    loc_passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), cfg.n_loc_passages, cfg.seed)
+    loc_passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), params.ft_kl.n_loc_passages, cfg.seed)
     details, rows = {"n_edits": len(pairs), "fluency_prompts": list(fluency.prompts)}, []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
         lr = tuned[m.label]["edit_lr"]
         details["locality_tokens"] = int(m.ref.inputs.batch["attention_mask"].sum())
-        procs = procedures(m.model, m.tokenizer, loc_passages, m.lr(lr), cfg.edit_steps, cfg.kl_weight, cfg.seq_len, cfg.max_steps)
-        model_rows = evaluate_edits(m.model, m.tokenizer, pairs, procs, m.ref, cfg.seq_len, rel.n_leak_probes, cfg.seed,
+        resources = Resources(m.model, m.tokenizer, cfg.seq_len, m.lr(lr), loc_passages)
+        editors = [build(name, params, None, resources) for name in gradient_names(params)]
+        model_rows = evaluate_edits(m.model, m.tokenizer, pairs, editors, m.ref, cfg.seq_len, rel.n_leak_probes, cfg.seed,
                                     m.label, fluency, rel.n_fluency_edits)
         details[m.label] = {
             "edit_lr": lr, "ppl_unedited": m.ref.ppl, "fluency_unedited": fluency(m.model, m.tokenizer),

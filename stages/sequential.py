@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.evaluation import MODELS, Procedure, batched_edits, held_out, loaded_models, sequential_edits
+from editable_lm.editors.gradient import FineTune
+from editable_lm.evaluation import MODELS, batched_edits, held_out, loaded_models, sequential_edits
 from editable_lm.metrics import summarize
 from editable_lm.storage import read_jsonl, write_csv, write_json
 
@@ -20,9 +21,9 @@ def main() -> None:
     summary, rows, batch_rows = {}, [], []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages, cfg.seq_len):
         choice = tuned[m.label]
-        curve = sequential_edits(m.model, m.tokenizer, pairs, Procedure("ft", m.lr(choice["edit_lr"]), cfg.edit_steps),
+        curve = sequential_edits(m.model, m.tokenizer, pairs, FineTune("ft", m.lr(choice["edit_lr"]), cfg.edit_steps),
                                  m.ref, cfg.seq_len, m.label)
-        batch = Procedure("batched", m.lr(choice["batch_lr"]), choice["batch_steps"], per_edit=True)
+        batch = FineTune("batched", m.lr(choice["batch_lr"]), choice["batch_steps"], per_edit=True)
         batches = {size: batched_edits(m.model, m.tokenizer, pairs[: seq.n_batched], batch, m.ref, cfg.seq_len, size)
                    for size in seq.batch_sizes}
         largest = max(seq.batch_sizes)

@@ -6,7 +6,8 @@ figures, `--details` the grids with intervals, `--rows` one row per (split, mode
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.evaluation import MODELS, best_setting, evaluate_edits, held_out, loaded_models, strength_grid, without_probes
+from editable_lm.editors.gradient import strength_grid
+from editable_lm.evaluation import MODELS, best_setting, evaluate_edits, held_out, loaded_models, without_probes
 from editable_lm.metrics import paired_bootstrap, summarize_by
 from editable_lm.storage import read_jsonl, write_csv, write_json
 

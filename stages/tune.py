@@ -1,4 +1,5 @@
-"""Each model's edit settings, chosen on validation edits (as MEND tunes its fine-tuning baseline).
+"""Each model's edit settings, chosen on validation edits (as MEND tunes its fine-tuning baseline): the learning rate
+every gradient editor (`ft`, `ft_kl`, `until_success`) edits that model at.
 
 Single edits: among `sweep.lrs` at `evaluate.edit_steps` steps, the lowest perplexity drawdown among the rates
 that reach `tune.target_success`, else the highest edit success. Batched edits (each edit's loss summed): the
@@ -9,9 +10,8 @@ same rule among `sweep.lrs` x `tune.batch_steps` on batches of `tune.batch_size`
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.evaluation import (
-    MODELS, batched_grid, best_setting, evaluate_edits, held_out, loaded_models, setting_of, strength_grid, without_probes,
-)
+from editable_lm.editors.gradient import setting_of, strength_grid
+from editable_lm.evaluation import MODELS, batched_grid, best_setting, evaluate_edits, held_out, loaded_models, without_probes
 from editable_lm.metrics import summarize, summarize_by
 from editable_lm.storage import read_jsonl, write_json
 

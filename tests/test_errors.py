@@ -119,7 +119,7 @@ def work(tmp_path_factory) -> Path:
 
     small = {"train": {"steps": 3, "seq_len": 16, "outer_blocks": 2}, "edit": {"blocks": 2},
              "reliability": {"n_edits": 2}, "sweep": {"n_edits": 2}, "sequential": {"n_edits": 2},
-             "evaluate": {"n_ppl_passages": 2, "n_loc_passages": 1}}
+             "evaluate": {"n_ppl_passages": 2}, "ft_kl": {"n_loc_passages": 1}}
     write_params(work / "params.yaml", small)
     write_params(work / "long.yaml", {**small, "train": {**small["train"], "steps": 100000, "checkpoint_every": 1}})
     write_params(work / "many_edits.yaml", {**small, "reliability": {"n_edits": 1000}})

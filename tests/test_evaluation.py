@@ -13,15 +13,17 @@ from torch.func import functional_call
 
 from conftest import tiny_llama
 from editable_lm.editing import collate, encode_edit, kl_divergence
+from editable_lm.editors import Resources, build
+from editable_lm.editors.gradient import FineTune, edit_model, edit_with_steps, setting_of, strength_grid
+from editable_lm.errors import EditLMError
 from editable_lm.evaluation import (
-    COMPARED_METRICS, EDIT_METRICS, Fluency, Procedure, batched_edits, best_setting, edit_model, edit_with_steps,
-    evaluate_edits, held_out, locality, loaded_models, log_schedule, measure_edit, same_weights, procedures, reference,
-    sequential_edits, setting_of, strength_grid,
+    COMPARED_METRICS, EDIT_METRICS, Fluency, batched_edits, best_setting, evaluate_edits, held_out, locality,
+    loaded_models, log_schedule, measure_edit, same_weights, reference, sequential_edits,
 )
 from editable_lm.fluency import generate, mean_ngram_entropy
 from editable_lm.metrics import edit_success, perplexity, sequence_logprob
 from editable_lm.models import INNER_LR_SCALE_FILE, edit_learning_rates, edit_parameter_names, save_checkpoint
-from editable_lm.params import EditParams
+from editable_lm.params import EditParams, parse_params
 from editable_lm.split_forward import SplitForward, Targets
 from editable_lm.training import encode_edits
 
@@ -103,7 +105,7 @@ def pre_edit_success(model, tokenizer, pairs) -> list[float]:
 @torch.no_grad()
 def test_edit_with_zero_lr_changes_nothing(model, tokenizer, names, ref, pairs):
     """lr=0: no drawdown, KL 0, full top-1 agreement, no leakage, success and counterfactual as before."""
-    rows = evaluate_edits(model, tokenizer, pairs, [Procedure("ft", 0.0, 2)], ref, MAX_LEN, n_leak_probes=2)
+    rows = evaluate_edits(model, tokenizer, pairs, [FineTune("ft", 0.0, 2)], ref, MAX_LEN, n_leak_probes=2)
     success = pre_edit_success(model, tokenizer, pairs)
     assert success[0] == 1.0 and 0.0 in success  # both outcomes occur, so the comparison can fail
     assert [r["edit_id"] for r in rows] == [0, 1, 2, 3]
@@ -130,7 +132,7 @@ def test_strong_edit_raises_new_name_logprob(model, tokenizer, names, ref, pairs
     """lr=1, 3 steps: the new name becomes more likely; the model's own weights stay as they were."""
     before = {n: p.clone() for n, p in model.model.state_dict().items()}
     for pair in pairs:
-        row = measure_edit(model, tokenizer, pair, [], [Procedure("ft", 1.0, 3)], ref, MAX_LEN)[0]
+        row = measure_edit(model, tokenizer, pair, [], [FineTune("ft", 1.0, 3)], ref, MAX_LEN)[0]
         assert row["logp_new_post"] > row["logp_new_pre"] + 0.05
         assert row["leakage"] is None  # no leak pairs given
         assert row["sec_per_edit"] > 0
@@ -150,23 +152,26 @@ def test_strong_edit_flips_a_close_counterfactual(model, tokenizer, names, ref):
             "probes": [{"prefix": prefix, "name": old, "new_name": new}]}  # the edit's own sentence as a probe
     # Leak probes: the same sentence (new name newly wins: leaks) and one the new name already won before.
     leak_pairs = [{"prefix": prefix, "name": old}, {"prefix": prefix, "name": "Albert Einstein"}]
-    row = measure_edit(model, tokenizer, pair, leak_pairs, [Procedure("ft", 1.0, 3)], ref, MAX_LEN)[0]
+    row = measure_edit(model, tokenizer, pair, leak_pairs, [FineTune("ft", 1.0, 3)], ref, MAX_LEN)[0]
     assert (row["counterfactual_success"], row["generality"], row["leakage"]) == (1.0, 1.0, 0.5)
 
 
 def test_no_leakage_probes_gives_none(model, tokenizer, names, ref, pairs):
     """Without leakage probes (n_leak_probes=0, or no pair from another article), leakage is None."""
-    rows = evaluate_edits(model, tokenizer, pairs[:2], [Procedure("ft", 0.0, 1)], ref, MAX_LEN, n_leak_probes=0)
+    rows = evaluate_edits(model, tokenizer, pairs[:2], [FineTune("ft", 0.0, 1)], ref, MAX_LEN, n_leak_probes=0)
     assert [r["leakage"] for r in rows] == [None, None]
     same_article = pairs[:2]  # both in article 0: nothing to probe leakage with
-    rows = evaluate_edits(model, tokenizer, same_article, [Procedure("ft", 0.0, 1)], ref, MAX_LEN, n_leak_probes=3)
+    rows = evaluate_edits(model, tokenizer, same_article, [FineTune("ft", 0.0, 1)], ref, MAX_LEN, n_leak_probes=3)
     assert [r["leakage"] for r in rows] == [None, None]
 
 
 def test_kl_penalty_keeps_locality_sample_closer(model, tokenizer, names, pairs):
     """FT+KL with a huge weight has lower KL on its locality sample than FT at the same lr and steps."""
-    ft, ft_kl = procedures(model, tokenizer, LOC_PASSAGES, lr=0.5, steps=5, kl_weight=1e4, max_len=MAX_LEN)
+    params = parse_params({"evaluate": {"edit_steps": 5}, "ft_kl": {"kl_weight": 1e4}})
+    resources = Resources(model, tokenizer, MAX_LEN, 0.5, LOC_PASSAGES)
+    ft, ft_kl = (build(name, params, None, resources) for name in ("ft", "ft_kl"))
     assert (ft.name, ft_kl.name) == ("ft", "ft_kl") and ft.locality is None and ft_kl.locality is not None
+    assert (ft_kl.steps, ft_kl.kl_weight, ft_kl.locality.inputs.batch["input_ids"].shape[0]) == (5, 1e4, 2)
     for pair in pairs[1:3]:
         batch = encode_edits([pair], tokenizer, MAX_LEN)
         kl_ft = locality(model, ft_kl.locality, edit_model(model, model.prepare(batch), ft))["kl"]
@@ -174,9 +179,27 @@ def test_kl_penalty_keeps_locality_sample_closer(model, tokenizer, names, pairs)
         assert kl_ft > 0 and kl_penalised < 0.5 * kl_ft
 
 
+def test_registry_builds_the_gradient_editors_from_their_sections(model, tokenizer):
+    """Each gradient editor from the list, in its order, with its own section's settings and the model's lr; the
+    closed-form ones are left to the editors stage."""
+    from editable_lm.editors import closed_form_names, gradient_names
+
+    params = parse_params({"editors": {"names": ["ft", "rome", "until_success", "memit", "ft_kl"]},
+                           "evaluate": {"edit_steps": 3}, "until_success": {"max_steps": 7}, "ft_kl": {"kl_weight": 2.0}})
+    assert gradient_names(params) == ["ft", "until_success", "ft_kl"] and closed_form_names(params) == ["rome", "memit"]
+    lr = {name: 0.1 for name in model.names}
+    ft, until, ft_kl = (build(name, params, None, Resources(model, tokenizer, MAX_LEN, lr, LOC_PASSAGES))
+                        for name in gradient_names(params))
+    assert (ft.steps, ft.until_success, ft.kl_weight, ft.lr) == (3, False, 0.0, lr)
+    assert (until.steps, until.until_success, until.kl_weight) == (7, True, 0.0)
+    assert (ft_kl.steps, ft_kl.kl_weight) == (3, 2.0)
+    with pytest.raises(EditLMError, match="^ft_kl: no locality passages"):
+        build("ft_kl", params, None, Resources(model, tokenizer, MAX_LEN, lr))
+
+
 def test_kl_penalty_has_no_effect_on_a_single_step(model, tokenizer, names, pairs):
     """KL(pre || post) has zero gradient at the unedited weights, so one FT+KL step equals one FT step."""
-    ft, ft_kl = procedures(model, tokenizer, LOC_PASSAGES, lr=1.0, steps=1, kl_weight=1e4, max_len=MAX_LEN)
+    ft, ft_kl = FineTune("ft", 1.0, 1), FineTune("ft_kl", 1.0, 1, 1e4, reference(model, tokenizer, LOC_PASSAGES, MAX_LEN))
     batch = encode_edits([pairs[1]], tokenizer, MAX_LEN)
     plain, penalised = edit_model(model, model.prepare(batch), ft), edit_model(model, model.prepare(batch), ft_kl)
     assert any(not torch.equal(plain[n], model.model.get_parameter(n)) for n in names)
@@ -195,7 +218,7 @@ def test_log_schedule():
 @torch.no_grad()
 def test_sequential_retention_when_nothing_is_forgotten(model, tokenizer, names, ref, pairs):
     """lr=0: at every checkpoint retention is the pre-edit success rate of the edits so far, drawdown 0."""
-    rows = sequential_edits(model, tokenizer, pairs, Procedure("ft", 0.0, 1), ref, MAX_LEN)
+    rows = sequential_edits(model, tokenizer, pairs, FineTune("ft", 0.0, 1), ref, MAX_LEN)
     success = pre_edit_success(model, tokenizer, pairs)
     assert [r["n_edits"] for r in rows] == [1, 2, 4]
     for row in rows:
@@ -209,7 +232,7 @@ def test_sequential_retention_when_nothing_is_forgotten(model, tokenizer, names,
 def test_sequential_edits_build_on_each_other(model, tokenizer, names, ref, pairs):
     """The second edit starts from the first one's weights, and the model's own parameters never change."""
     before = {n: p.clone() for n, p in model.model.state_dict().items()}
-    procedure = Procedure("ft", 1.0, 2)
+    procedure = FineTune("ft", 1.0, 2)
     rows = sequential_edits(model, tokenizer, pairs[1:3], procedure, ref, MAX_LEN)
     first = edit_model(model, model.prepare(encode_edits([pairs[1]], tokenizer, MAX_LEN)), procedure)
     second = encode_edits([pairs[2]], tokenizer, MAX_LEN)
@@ -224,7 +247,7 @@ def test_batched_edits_one_row_per_batch(model, tokenizer, names, ref, pairs):
     """ceil(n / batch_size) rows; with lr=0 each row's success is its batch's pre-edit success rate."""
     success = pre_edit_success(model, tokenizer, pairs)
     for size in (1, 3, 4):
-        rows = batched_edits(model, tokenizer, pairs, Procedure("ft", 0.0, 1), ref, MAX_LEN, size)
+        rows = batched_edits(model, tokenizer, pairs, FineTune("ft", 0.0, 1), ref, MAX_LEN, size)
         assert [r["batch"] for r in rows] == list(range(math.ceil(len(pairs) / size)))
         assert [r["batch_size"] for r in rows] == [size] * len(rows)  # the last, shorter batch too
         for row in rows:
@@ -244,7 +267,7 @@ def full_model_edit_loss(lm, weights: dict, tokenizer, pair: dict) -> torch.Tens
 
 
 def test_batched_per_edit_step_is_the_step_on_summed_edit_losses(tokenizer):
-    """`Procedure(per_edit=True)`, one step at lr on a batch of 3 edits: the weights of one SGD step on the sum of
+    """`FineTune(per_edit=True)`, one step at lr on a batch of 3 edits: the weights of one SGD step on the sum of
     the 3 edits' own mean losses (each computed alone, unpadded, on the float64 HF model), not on their pooled
     mean; `batched_edits`' row for that batch is measured at those weights (success by hand, locality on the
     whole model) and carries its batch size."""
@@ -253,7 +276,7 @@ def test_batched_per_edit_step_is_the_step_on_summed_edit_losses(tokenizer):
     pairs = copy.deepcopy(PAIRS)
     pairs[0]["new_name"] = greedy_name(model, tokenizer, pairs[0]["prefix"])
     batch, lr = pairs[:3], 3.0
-    procedure = Procedure("batched", lr, 1, per_edit=True)
+    procedure = FineTune("batched", lr, 1, per_edit=True)
     edited = edit_model(model, model.prepare(encode_edits(batch, tokenizer, MAX_LEN)), procedure)
 
     start = {n: lm.get_parameter(n).detach().clone().requires_grad_(True) for n in model.names}
@@ -263,7 +286,7 @@ def test_batched_per_edit_step_is_the_step_on_summed_edit_losses(tokenizer):
     assert set(edited) == set(expected)
     for name in model.names:
         torch.testing.assert_close(edited[name], expected[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
-    pooled = edit_model(model, model.prepare(encode_edits(batch, tokenizer, MAX_LEN)), Procedure("pooled", lr, 1))
+    pooled = edit_model(model, model.prepare(encode_edits(batch, tokenizer, MAX_LEN)), FineTune("pooled", lr, 1))
     assert max((pooled[n] - expected[n]).abs().max() for n in model.names) > 1e-3 * max(g.abs().max() for g in grads.values())
 
     ref = reference(model, tokenizer, PASSAGES, MAX_LEN)
@@ -296,7 +319,7 @@ def test_batched_per_edit_step_is_the_step_on_summed_edit_losses(tokenizer):
 def test_neighbourhood_and_absolute_perplexity_per_row(model, tokenizer, ref, pairs):
     """Per row: neighbourhood = 1 - leakage (None without leak probes), and ppl_post is the edited whole model's
     perplexity on the reference passages, = the unedited perplexity x (1 + drawdown)."""
-    procedure = Procedure("ft", 3.0, 3)
+    procedure = FineTune("ft", 3.0, 3)
     rows = evaluate_edits(model, tokenizer, pairs, [procedure], ref, MAX_LEN, n_leak_probes=3)
     assert {"neighbourhood", "ppl_post"} <= set(COMPARED_METRICS)
     assert len({r["leakage"] for r in rows}) > 1 and any(0 < r["leakage"] < 1 for r in rows)  # not all the same
@@ -325,7 +348,7 @@ def test_fluency_on_the_first_edits_only(model, tokenizer, ref, pairs):
     after the third; each is the n-gram entropy of greedy generations from the prompts with that edit's own
     weights (lr=0: the unedited model's)."""
     edits = pairs[1:4]
-    strong, none = Procedure("ft", 10.0, 3), Procedure("ft0", 0.0, 1)
+    strong, none = FineTune("ft", 10.0, 3), FineTune("ft0", 0.0, 1)
     rows = evaluate_edits(model, tokenizer, edits, [strong, none], ref, MAX_LEN, fluency=FLUENCY, n_fluency_edits=2)
     assert [(r["edit_id"], r["procedure"]) for r in rows] == [(i, p) for i in (1, 2, 3) for p in ("ft", "ft0")]
     assert [r["fluency"] is not None for r in rows] == [True, True, True, True, False, False]
@@ -367,20 +390,20 @@ def test_held_out_is_a_seeded_prefix():
 def test_edit_until_success_stops_when_the_edit_holds(model, tokenizer, pairs):
     """An edit that already holds takes 0 steps; a hard one stops at max_steps; a strong lr stops in between."""
     held = model.prepare(encode_edits([pairs[0]], tokenizer, MAX_LEN))  # the model's own prediction: holds already
-    edited, steps = edit_with_steps(model, held, Procedure("until", 1.0, 5, until_success=True))
+    edited, steps = edit_with_steps(model, held, FineTune("until", 1.0, 5, until_success=True))
     assert steps == 0 and all(torch.equal(edited[n], model.model.get_parameter(n)) for n in model.names)
     hard = model.prepare(encode_edits([{**pairs[2], "new_name": "Newton"}], tokenizer, MAX_LEN))  # one token, reachable
     assert not edit_success(model.target_logits(hard), hard.targets).item()
-    _, steps = edit_with_steps(model, hard, Procedure("until", 1e-6, 3, until_success=True))
+    _, steps = edit_with_steps(model, hard, FineTune("until", 1e-6, 3, until_success=True))
     assert steps == 3  # a negligible lr never succeeds: capped at max_steps
-    edited, steps = edit_with_steps(model, hard, Procedure("until", 1.0, 50, until_success=True))
+    edited, steps = edit_with_steps(model, hard, FineTune("until", 1.0, 50, until_success=True))
     assert 1 <= steps < 50 and edit_success(model.target_logits(hard, edited), hard.targets).item()
-    before = edit_with_steps(model, hard, Procedure("ft", 2.0, steps - 1))[0]
+    before = edit_with_steps(model, hard, FineTune("ft", 2.0, steps - 1))[0]
     assert not edit_success(model.target_logits(hard, before), hard.targets).item()  # it stopped at the first success
 
 
 def test_until_success_rows_count_steps_only_when_successful(model, tokenizer, ref, pairs):
-    rows = evaluate_edits(model, tokenizer, pairs[:3], [Procedure("until", 1e-6, 2, until_success=True)], ref, MAX_LEN)
+    rows = evaluate_edits(model, tokenizer, pairs[:3], [FineTune("until", 1e-6, 2, until_success=True)], ref, MAX_LEN)
     assert [r["edit_steps"] for r in rows] == [0, 2, 2]
     assert [r["steps_to_success"] for r in rows] == [0, None, None]
     assert [r["edit_success"] for r in rows] == [1.0, 0.0, 0.0]
@@ -397,7 +420,7 @@ def test_best_setting_prefers_low_drawdown_among_successful():
 @torch.no_grad()
 def test_chunked_locality_matches_whole_batch_formulas(model, tokenizer, ref, pairs):
     """Chunk by chunk (here one passage at a time) gives the figures computed on all logits at once."""
-    edited = edit_model(model, model.prepare(encode_edits([pairs[1]], tokenizer, MAX_LEN)), Procedure("ft", 100.0, 3))
+    edited = edit_model(model, model.prepare(encode_edits([pairs[1]], tokenizer, MAX_LEN)), FineTune("ft", 100.0, 3))
     batch = ref.inputs.batch
     before, after = model.logits(ref.inputs), model.logits(ref.inputs, edited)
     post = torch.log_softmax(after, -1)
@@ -417,10 +440,10 @@ def test_procedures_ending_on_the_same_weights_share_their_measurement(model, to
     """Edit-until-success that runs the fixed step count ends on the fixed-step edit's weights, bit for bit:
     its row then repeats that measurement (not recomputed); a different edit gets its own."""
     pair = {**pairs[2], "new_name": "Newton"}
-    fixed, until = Procedure("ft", 1e-6, 2), Procedure("until", 1e-6, 2, until_success=True)
+    fixed, until = FineTune("ft", 1e-6, 2), FineTune("until", 1e-6, 2, until_success=True)
     edit = model.prepare(encode_edits([pair], tokenizer, MAX_LEN))
     assert same_weights(edit_model(model, edit, fixed), edit_model(model, edit, until))
-    ft, until_row, strong = measure_edit(model, tokenizer, pair, [], [fixed, until, Procedure("ft", 1.0, 2)], ref, MAX_LEN)
+    ft, until_row, strong = measure_edit(model, tokenizer, pair, [], [fixed, until, FineTune("ft", 1.0, 2)], ref, MAX_LEN)
     shared = [k for k in EDIT_METRICS if k not in ("sec_per_edit", "steps_to_success")]
     assert until_row["edit_steps"] == 2 and {k: until_row[k] for k in shared} == {k: ft[k] for k in shared}
     assert strong["kl"] > ft["kl"] and strong["logp_new_post"] > ft["logp_new_post"]
@@ -454,8 +477,8 @@ def test_learned_inner_rates_scale_the_edit(tmp_path, tokenizer):
 
     loaded = models["editable"]
     pair = PAIRS[2]
-    edited = edit_model(loaded.model, loaded.model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), Procedure("ft", loaded.lr(lr), 1))
-    uniform = edit_model(loaded.model, loaded.model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), Procedure("ft", lr, 1))
+    edited = edit_model(loaded.model, loaded.model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), FineTune("ft", loaded.lr(lr), 1))
+    uniform = edit_model(loaded.model, loaded.model.prepare(encode_edits([pair], tokenizer, MAX_LEN)), FineTune("ft", lr, 1))
     # By hand: the name tokens' mean cross-entropy on the loaded HF model, one SGD step per tensor.
     ids, labels = encode_edit(tokenizer, pair["prefix"], pair["new_name"], MAX_LEN)
     n_name = sum(label != -100 for label in labels)

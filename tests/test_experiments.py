@@ -55,10 +55,11 @@ OTHER_VALUES = {
     "editable.cbase": (0.5, 1.0),
     "editable.cedit": (2.0, 1.0),
     "editable.cloc": (0.5, 1.0),
-    "evaluate.edit_steps": (3, 2),  # FT+KL (kl_weight > 0) needs at least 2
+    "evaluate.edit_steps": (3, 2),  # FT+KL (in editors.names) needs at least 2
     "evaluate.edit_lr": (0.01, 0.03),
-    "evaluate.kl_weight": (0.5, 1.0),
-    "evaluate.n_loc_passages": (1, 2),
+    "editors.names": (["ft", "ft_kl", "rome"], ["ft", "until_success", "rome", "memit"]),  # ft, and rome before memit
+    "ft_kl.kl_weight": (0.5, 1.0),
+    "ft_kl.n_loc_passages": (1, 2),
     "evaluate.n_ppl_passages": (3, 4),
     "evaluate.seq_len": (24, 32),
     "reliability.n_edits": (2, 3),

@@ -117,7 +117,11 @@ def test_invalid_key_is_named(tmp_path, text, key):
         ("train:\n  steps: abc\n", "train.steps: expected int, got 'abc'"),
         ("train:\n  foo: 1\n", "train.foo: unknown key (known: seed, steps, lr, batch_size, seq_len, outer_blocks"),
         ("split:\n  val_frac: 0.5\n  test_frac: 0.5\n", "split.val_frac + split.test_frac: must be below 1"),
-        ("evaluate:\n  edit_steps: 1\n", "evaluate.edit_steps: FT+KL needs at least 2 steps (or evaluate.kl_weight: 0)"),
+        ("evaluate:\n  edit_steps: 1\n", "evaluate.edit_steps: FT+KL needs at least 2 steps (or leave ft_kl out of editors.names)"),
+        ("editors:\n  names: [until_success, rome]\n", "editors.names: must include ft (the edit every model is tuned for)"),
+        ("editors:\n  names: [ft, memit, rome]\n", "editors.names: memit needs rome before it"),
+        ("editors:\n  names: [ft, grace]\n", "editors.names: unknown editor 'grace' (choose from ft, ft_kl, until_success, rome, memit)"),
+        ("editors:\n  names: [ft, rome, ft]\n", "editors.names: lists an editor twice"),
         ("data:\n  source: nope\n", "data.source: unknown value 'nope' (choose from wiki-vital, "),
     ],
 )

@@ -81,15 +81,15 @@ def counts(passages=(10, 5, 5), pairs=(10, 5, 5)) -> dict[tuple[str, str], int]:
 
 def test_sample_sizes_read_the_evaluation_params():
     """One size per entry of SAMPLES, read from the dotted key it names."""
-    params = Params(reliability={"n_edits": 7}, evaluate={"n_loc_passages": 3})
+    params = Params(reliability={"n_edits": 7}, ft_kl={"n_loc_passages": 3})
     sizes = sample_sizes(params)
     assert set(sizes) == set(SAMPLES)
-    assert sizes["reliability.n_edits"] == 7 and sizes["evaluate.n_loc_passages"] == 3
+    assert sizes["reliability.n_edits"] == 7 and sizes["ft_kl.n_loc_passages"] == 3
     assert sizes["sequential.n_edits"] == params.sequential.n_edits
 
 
 def test_check_split_accepts_samples_that_fit():
-    check_split(counts(), {"reliability.n_edits": 5, "evaluate.n_ppl_passages": 5, "evaluate.n_loc_passages": 5})
+    check_split(counts(), {"reliability.n_edits": 5, "evaluate.n_ppl_passages": 5, "ft_kl.n_loc_passages": 5})
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_check_split_refuses_an_empty_part(split_counts, message):
     [
         ("sequential.n_edits", "sequential.n_edits: 6 edit pairs wanted but the test split has 5; lower sequential.n_edits to at most 5"),
         ("evaluate.n_ppl_passages", "evaluate.n_ppl_passages: 6 passages wanted but the test split has 5; lower"),
-        ("evaluate.n_loc_passages", "evaluate.n_loc_passages: 6 passages wanted but the val split has 5; lower"),
+        ("ft_kl.n_loc_passages", "ft_kl.n_loc_passages: 6 passages wanted but the val split has 5; lower"),
     ],
 )
 def test_check_split_refuses_a_sample_larger_than_its_split(key, message):

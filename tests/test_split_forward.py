@@ -8,9 +8,10 @@ import torch
 from conftest import VOCAB, tiny_gpt2, tiny_llama
 from editable_lm.editing import IGNORE, apply_edit, collate, detached_edit_params
 from editable_lm.errors import EditLMError
-from editable_lm.evaluation import evaluate_edits, procedures, reference
+from editable_lm.editors import Resources, build
+from editable_lm.evaluation import evaluate_edits, reference
 from editable_lm.models import edit_parameter_names, top_block_parameter_names
-from editable_lm.params import EditableParams, EditParams
+from editable_lm.params import EditableParams, EditParams, parse_params
 from editable_lm.split_forward import SharedLower, SplitForward, Targets
 from editable_lm.training import editable_losses
 
@@ -199,7 +200,8 @@ def test_split_and_full_evaluation_rows_agree(tokenizer):
     for split in (True, False):
         forward = SplitForward(model, names, split)
         ref = reference(forward, tokenizer, passages, 32)
-        procs = procedures(forward, tokenizer, passages, lr=1.0, steps=2, kl_weight=10.0, max_len=32)  # ft, ft_kl
+        params = parse_params({"evaluate": {"edit_steps": 2}, "ft_kl": {"kl_weight": 10.0}})
+        procs = [build(name, params, None, Resources(forward, tokenizer, 32, 1.0, passages)) for name in ("ft", "ft_kl")]
         rows.append(evaluate_edits(forward, tokenizer, pairs, procs, ref, 32, n_leak_probes=1))
     assert [r["procedure"] for r in rows[0]] == ["ft", "ft_kl"] * 2
     for ours, theirs in zip(*rows):

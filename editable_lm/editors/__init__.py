@@ -1,22 +1,30 @@
-"""Model editors behind one interface.
+"""Model editors behind one interface, built by name from `editors.names` and each one's params section.
 
 An editor has a `name`, says which weights it changes (`weight_names(model)`; None: the weights the split model
 was built for) and, given the split model, its tokenizer, the prepared edit batch and the pairs it came from,
 returns the edited weights as a dict (the model is never mutated) and the gradient steps it took on them (None
 for closed-form editors). An editor that makes many edits in one update (`batched` true) is evaluated on all the
-test edits at once. Today's gradient procedures (`ft`, `ft_kl`, `until_success`: `evaluation.Procedure`) have the
-same interface; ROME (`rome`) and MEMIT (`memit`) are built here from params by name.
+test edits at once.
+
+The gradient editors (`gradient.py`: `ft`, `ft_kl`, `until_success`) edit each model at the learning rate `tune`
+chose for it (stage `evaluate`); the others (`rome`, `memit`) edit the base model in closed form, at a setting
+chosen on validation edits (stage `editors`). Adding an editor: its module, a line in `BUILDERS`, its params
+section (`params.py`) and its name in `editors.names`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
 from torch import Tensor
 
+from editable_lm.editors import gradient
+from editable_lm.editors.gradient import FineTune
 from editable_lm.editors.memit import Memit
 from editable_lm.editors.rome import Rome, ValueParams
 from editable_lm.errors import EditLMError
+from editable_lm.locality import reference
 from editable_lm.params import Params
 from editable_lm.split_forward import Prepared, SplitForward
 
@@ -46,13 +54,47 @@ def stats_layers(params: Params) -> list[int]:
     return sorted({block for layer in params.rome.layers for block in memit_layers(params, layer)})
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What an editor is built with besides its params and setting."""
+
+    split: SplitForward | None = None  # the model it edits (FT+KL's locality reference is computed on it)
+    tokenizer: object = None
+    max_len: int = 64
+    lr: float | Mapping[str, Tensor | float] = 0.0  # gradient editors: the model's tuned edit lr, per tensor
+    loc_passages: list[dict] = field(default_factory=list)  # FT+KL's locality sample
+    moments: Mapping[int, Tensor] = field(default_factory=dict)  # closed-form editors: C per block (`layer_stats`)
+    contexts: tuple[str, ...] = ()  # ... and the short contexts an edit's key is averaged over
+
+
+def _locality_sample(res: Resources):
+    if not res.loc_passages:
+        raise EditLMError("ft_kl: no locality passages (the validation split's passages: run `dvc repro split`)")
+    return reference(res.split, res.tokenizer, res.loc_passages, res.max_len)
+
+
 BUILDERS = {
-    "rome": lambda params, setting, moments, contexts: Rome(
-        "rome", setting["layer"], value_params(params), contexts, moments[setting["layer"]]),
-    "memit": lambda params, setting, moments, contexts: Memit(
-        "memit", memit_layers(params, setting["layer"]), value_params(params), setting["lambda"], contexts,
-        {block: moments[block] for block in memit_layers(params, setting["layer"])}),
+    "ft": lambda params, setting, res: FineTune("ft", res.lr, params.evaluate.edit_steps),
+    "ft_kl": lambda params, setting, res: FineTune(
+        "ft_kl", res.lr, params.evaluate.edit_steps, params.ft_kl.kl_weight, _locality_sample(res)),
+    "until_success": lambda params, setting, res: FineTune(
+        "until_success", res.lr, params.until_success.max_steps, until_success=True),
+    "rome": lambda params, setting, res: Rome(
+        "rome", setting["layer"], value_params(params), res.contexts, res.moments[setting["layer"]]),
+    "memit": lambda params, setting, res: Memit(
+        "memit", memit_layers(params, setting["layer"]), value_params(params), setting["lambda"], res.contexts,
+        {block: res.moments[block] for block in memit_layers(params, setting["layer"])}),
 }
+
+
+def gradient_names(params: Params) -> list[str]:
+    """The listed editors that edit each model at its tuned lr (stage `evaluate`)."""
+    return [name for name in params.editors.names if name in gradient.NAMES]
+
+
+def closed_form_names(params: Params) -> list[str]:
+    """The listed editors that edit the base model at a setting chosen on validation edits (stage `editors`)."""
+    return [name for name in params.editors.names if name not in gradient.NAMES]
 
 
 def settings(name: str, params: Params, layer: int | None) -> list[dict]:
@@ -77,8 +119,8 @@ def setting_name(setting: dict) -> str:
     return ",".join(f"{key}={value:g}" for key, value in setting.items())
 
 
-def build(name: str, params: Params, setting: dict, moments: Mapping[int, Tensor], contexts: tuple[str, ...]) -> Editor:
-    """The editor `name` at `setting` (its edit layer, ...), with the layers' second moments and the key contexts."""
+def build(name: str, params: Params, setting: dict | None, resources: Resources) -> Editor:
+    """The editor `name` at `setting` (ROME's edit layer, MEMIT's lambda; None for the gradient editors)."""
     if name not in BUILDERS:
         raise EditLMError(f"editors.names: unknown editor {name!r} (choose from {', '.join(BUILDERS)})")
-    return BUILDERS[name](params, setting, moments, contexts)
+    return BUILDERS[name](params, setting, resources)

@@ -61,8 +61,15 @@ def edit_examples(tokenizer, pairs: list[dict], contexts: tuple[str, ...], max_l
 
 
 def context_examples(tokenizer, pair: dict, contexts: tuple[str, ...], max_len: int) -> list[Example]:
-    """The bare contexts followed by the new name: where a specific delta should change little."""
-    return [encode_edit(tokenizer, context, pair["new_name"], max_len) for context in contexts]
+    """The bare contexts followed by the new name's first token: where a specific delta should change little.
+    Only the next-token distribution at the context's last token is compared, so the rest of the name (which
+    would cost a forward and backward per optimisation step) is left off."""
+    examples = []
+    for context in contexts:
+        ids, labels = encode_edit(tokenizer, context, pair["new_name"], max_len)
+        first = next(i for i, label in enumerate(labels) if label != IGNORE)
+        examples.append((ids[: first + 1], labels[: first + 1]))
+    return examples
 
 
 def prepare(split: SplitForward, tokenizer, examples: list[Example]) -> Prepared:
@@ -127,20 +134,20 @@ def mean_per_pair(rows: Tensor, n_pairs: int) -> Tensor:
 
 class _Suffixes:
     """Prompts whose key positions are lined up by left padding: the columns before the key run once through the
-    model (attention keys and values cached), the key column and the name's on every call of `logits`, all rows
-    in one batch. The suffixes must have the same length (prompts ending in the same name)."""
+    model (attention keys and values cached), the key column and the rest on every call of `logits`, all rows
+    in one batch; shorter suffixes are right-padded (masked). One batch for every prompt of an optimisation
+    step: on a CPU a step costs what reading the weights costs, whatever the few rows."""
 
     def __init__(self, model: nn.Module, examples: list[Example]):
         keys = [next(i for i in range(1, len(labels)) if labels[i] != IGNORE) - 1 for _, labels in examples]
-        lengths = {len(ids) - key for (ids, _), key in zip(examples, keys)}
-        if len(lengths) != 1:
-            raise EditLMError(f"prompts with different name lengths ({sorted(lengths)} tokens from the key) in one batch")
-        self.model, self.key = model, max(keys)
+        lengths = [len(ids) - key for (ids, _), key in zip(examples, keys)]
+        self.model, self.key, width = model, max(keys), max(lengths)
         pad = [self.key - key for key in keys]
-        ids = torch.tensor([[0] * p + i for p, (i, _) in zip(pad, examples)], device=device())
-        self.mask = torch.tensor([[0] * p + [1] * len(i) for p, (i, _) in zip(pad, examples)], device=device())
+        rows = [([0] * p + ids + [0] * (width - n), [IGNORE] * p + labels + [IGNORE] * (width - n),
+                 [0] * p + [1] * len(ids) + [0] * (width - n)) for p, n, (ids, labels) in zip(pad, lengths, examples)]
+        ids, labels, self.mask = (torch.tensor([row[i] for row in rows], device=device()) for i in range(3))
         self.positions = (self.mask.cumsum(1) - 1).clamp(min=0)  # as if each prompt ran alone
-        self.suffix, self.targets = ids[:, self.key :], ids[:, self.key + 1 :]
+        self.suffix, self.targets = ids[:, self.key :], labels[:, self.key + 1 :]
         self.cache = self._prefix_cache(examples, keys, pad) if self.key else None
 
     def _prefix_cache(self, examples: list[Example], keys: list[int], pad: list[int]):
@@ -177,9 +184,10 @@ class _Suffixes:
                 layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
         return logits
 
-    def nll(self, logits: Tensor) -> Tensor:
-        """Mean over prompts of each prompt's mean NLL of the name's tokens."""
-        return torch.nn.functional.cross_entropy(upcast(logits[:, :-1]).transpose(1, 2), self.targets)
+    def nll(self, logits: Tensor, rows: int) -> Tensor:
+        """Mean NLL of the labelled tokens of the first `rows` rows (prompts ending in one name: the mean over
+        prompts of each prompt's mean)."""
+        return torch.nn.functional.cross_entropy(upcast(logits[:rows, :-1]).transpose(1, 2), self.targets[:rows])
 
 
 # Deltas already optimised, per model: MEMIT's last layer is ROME's, so its per-edit deltas are ROME's (same
@@ -198,23 +206,25 @@ def optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Exam
 
 
 def _optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams) -> Tensor:
-    rewrite, essence = _Suffixes(model, prompts), _Suffixes(model, contexts) if contexts else None
+    n = len(prompts)
+    rows = _Suffixes(model, prompts + contexts)  # the edit's prompts, then the KL contexts
     with _Probe(model, layer) as probe:
         with torch.no_grad():
-            rewrite.logits(probe)
-            scale = probe.values[0].norm()  # the last prompt's unedited output: all share its scale
-            kl_ref = torch.log_softmax(upcast(essence.logits(probe)[:, 0]), -1) if essence else None
+            logits = rows.logits(probe)
+            scale = probe.values[0].norm()  # the bare prompt's unedited output: all share its scale
+            kl_ref = torch.log_softmax(upcast(logits[n:, 0]), -1) if contexts else None
         delta = torch.zeros_like(probe.values[0], requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=cfg.lr)
         probe.delta = delta
         with torch.enable_grad():
             for _ in range(cfg.steps):
-                nll = rewrite.nll(rewrite.logits(probe))
+                logits = rows.logits(probe)
+                nll = rows.nll(logits, n)
                 if nll.item() < cfg.stop_nll:
                     break
                 loss = nll + cfg.weight_decay * delta.norm() / scale**2
-                if essence and cfg.kl_factor:
-                    post = torch.log_softmax(upcast(essence.logits(probe)[:, 0]), -1)
+                if contexts and cfg.kl_factor:
+                    post = torch.log_softmax(upcast(logits[n:, 0]), -1)
                     loss = loss + cfg.kl_factor * (kl_ref.exp() * (kl_ref - post)).sum(-1).mean()
                 optimizer.zero_grad()
                 loss.backward()
