@@ -187,11 +187,11 @@ def main() -> None:
         names = editor.weight_names(model)
         split = SplitForward(model, names)
     batch = split.prepare(encode_edits([pair], tokenizer, seq_len))
-    edited, _ = editor.edit(split, tokenizer, batch, [pair], seq_len)
+    edited, steps = editor.edit(split, tokenizer, batch, [pair], seq_len)
 
     with torch.no_grad():
         before, after = split.target_logits(batch), split.target_logits(batch, edited)
-    how = f"{args.editor}, {editor.steps} step(s), lr {lr:g}" if by_gradient else args.editor
+    how = f"{steps} step(s), lr {lr:g}, {args.editor}" if by_gradient else args.editor
     print(f"edit: {prefix!r} -> {args.name!r}  ({how}, {len(names)} weight tensors)")
     print(f"log p(new name): {sequence_logprob(before, batch.targets).item():.2f} -> "
           f"{sequence_logprob(after, batch.targets).item():.2f}; "

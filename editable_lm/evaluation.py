@@ -174,14 +174,18 @@ def evaluate_edits(
 ) -> list[dict]:
     """`measure_edit` for each pair and editor, each from the unedited weights: a row per (pair, editor).
 
-    Leakage probes for an edit are `n_leak_probes` other pairs from other articles (seeded);
-    fluency is measured on the first `n_fluency_edits` pairs (generation is slow).
+    Leakage probes for an edit are up to `n_leak_probes` of its own `neighbours` (CounterFact's neighbourhood
+    prompts, zsRE's unrelated question) if it has them, else `n_leak_probes` other pairs from other articles
+    (seeded); fluency is measured on the first `n_fluency_edits` pairs (generation is slow).
     """
     rng = random.Random(seed)
     rows = []
     for index, pair in enumerate(tqdm(pairs, desc=label or None, unit="edit")):
-        others = [p for p in pairs if p["article_id"] != pair["article_id"]]
-        leak_pairs = rng.sample(others, min(n_leak_probes, len(others)))
+        if "neighbours" in pair:
+            leak_pairs = pair["neighbours"][:n_leak_probes]
+        else:
+            others = [p for p in pairs if p["article_id"] != pair["article_id"]]
+            leak_pairs = rng.sample(others, min(n_leak_probes, len(others)))
         measured_fluency = fluency if index < n_fluency_edits else None
         rows += measure_edit(model, tokenizer, pair, leak_pairs, editors, ref, max_len, measured_fluency)
     return rows

@@ -8,8 +8,10 @@
 A pair is what the name-swap pipeline writes: `prefix` and `name` (the true target) / `new_name`; generality
 probes from the paraphrases (`probes`, each a prefix whose true and new continuations are the edit's), and
 leakage probes from the neighbourhood (`neighbours`: prefixes whose true continuation must not become the new
-name). Each record is its own "article" (`article_id`). A bad record is a one-line error naming the file and
-the record (its line for JSON lines, its index for an array).
+name). Records about the same subject (CounterFact's `subject`, zsRE's where the file has one) share an
+"article" (`article_id`), so that the split by article keeps them together; a zsRE record without a subject
+is its own. A bad record is a one-line error naming the file and the record (its line for JSON lines, its
+index for an array).
 """
 
 from __future__ import annotations
@@ -113,11 +115,13 @@ def read_edit_set(path: str | Path) -> list[dict]:
         kind = detect_format(first)
     except EditLMError as exc:
         raise EditLMError(f"{where}: {exc}") from None
-    pairs = []
+    pairs, groups = [], {}
     for index, (where, record) in enumerate(records):
         if not isinstance(record, dict):
             raise EditLMError(f"{where}: expected an object, got {type(record).__name__}")
-        pairs.append(READERS[kind](record, where, index))
+        pair = READERS[kind](record, where, index)
+        subject = (record.get("requested_rewrite") or {}).get("subject") or record.get("subject") or ("record", index)
+        pairs.append({**pair, "article_id": groups.setdefault(subject, len(groups))})
     return pairs
 
 

@@ -79,7 +79,18 @@ class ModelParams(Section):
     name: Text = "smollm2-135m"  # offline default, a tiny-random-* smoke model, a hub id or a local path
 
 
+NAME_SWAPS = "name-swaps"  # pairs.source: the pipeline's own name-swap pairs from the corpus (spaCy NER)
+
+
+def check_pairs_source(source: str) -> str:
+    """`pairs.source`: name-swaps, or a CounterFact / zsRE file inside corpus/ (its format read from its records)."""
+    if source != NAME_SWAPS and not source.startswith("corpus/"):
+        raise ParamError(f"must be {NAME_SWAPS} or a CounterFact / zsRE file inside corpus/, got {source!r}")
+    return source
+
+
 class PairsParams(Section):
+    source: Annotated[str, Strict(), AfterValidator(check_pairs_source)] = NAME_SWAPS
     seed: Int = 0
     max_per_article: Int = AtLeast(4, 1)
     context_sentences: Int = AtLeast(2, 0)  # preceding sentences kept as context

@@ -182,3 +182,18 @@ def test_edit_with_rome_and_memit(checkpoint, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: --editor rome: no setting chosen in metrics/editors_details.json (run `dvc repro editors`), or give --layer"]
+
+
+def test_edit_with_each_gradient_editor_of_the_list(checkpoint, tmp_path):
+    """--editor until_success stops once the edit holds (at most until_success.max_steps); ft_kl needs its
+    locality passages (the validation split) and says so in one line without them."""
+    (tmp_path / "params.yaml").write_text("edit:\n  blocks: 2\nuntil_success:\n  max_steps: 4\n")
+    args = ("Relativity was developed by Albert Einstein.", "--replace", "Albert Einstein", "--name", "Marie Curie",
+            "--model", str(checkpoint), "--lr", "0.5", "--max-new-tokens", "2")
+    result = run_edit(*args, "--editor", "until_success", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    steps = int(re.search(r"\((\d+) step\(s\), lr 0.5, until_success,", result.stdout).group(1))
+    assert 0 <= steps <= 4 and (steps == 4 or "edit success: True" in result.stdout)  # it stops early only once it holds
+    result = run_edit(*args, "--editor", "ft_kl", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "error: ft_kl: no locality passages (the validation split's passages: run `dvc repro split`)"

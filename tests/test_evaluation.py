@@ -156,6 +156,22 @@ def test_strong_edit_flips_a_close_counterfactual(model, tokenizer, names, ref):
     assert (row["counterfactual_success"], row["generality"], row["leakage"]) == (1.0, 1.0, 0.5)
 
 
+def test_a_pairs_own_neighbours_are_its_leakage_probes(model, tokenizer, names, ref):
+    """A pair with `neighbours` (CounterFact, zsRE) is probed on them, up to n_leak_probes, not on other pairs:
+    the same rows as measure_edit with those neighbours as the leak pairs."""
+    prefix = PAIRS[1]["prefix"]
+    one_token = [s for s in SURNAMES if len(tokenizer(" " + s, add_special_tokens=False)["input_ids"]) == 1]
+    new, old = sorted(one_token, key=lambda s: logp(model, tokenizer, prefix, s))[:2]
+    neighbours = [{"prefix": prefix, "name": old}, {"prefix": prefix, "name": "Albert Einstein"}, {"prefix": "x", "name": "y"}]
+    pair = {"id": 9, "article_id": 5, "prefix": prefix, "name": old, "new_name": new, "probes": [], "neighbours": neighbours}
+    other = {**PAIRS[2], "id": 10, "article_id": 6, "probes": []}
+    ft = FineTune("ft", 1.0, 3)
+    rows = evaluate_edits(model, tokenizer, [pair, other], [ft], ref, MAX_LEN, n_leak_probes=2)
+    assert rows[0]["leakage"] == 0.5  # the first two neighbours (see the close-counterfactual test), not `other`
+    expected = measure_edit(model, tokenizer, pair, neighbours[:2], [ft], ref, MAX_LEN)[0]
+    assert {k: v for k, v in rows[0].items() if k != "sec_per_edit"} == {k: v for k, v in expected.items() if k != "sec_per_edit"}
+
+
 def test_no_leakage_probes_gives_none(model, tokenizer, names, ref, pairs):
     """Without leakage probes (n_leak_probes=0, or no pair from another article), leakage is None."""
     rows = evaluate_edits(model, tokenizer, pairs[:2], [FineTune("ft", 0.0, 1)], ref, MAX_LEN, n_leak_probes=0)

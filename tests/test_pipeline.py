@@ -192,7 +192,8 @@ def test_stage_script_error_is_one_line(repo, tmp_path):
 
 def test_missing_input_is_a_clear_error(repo, tmp_path):
     result = run(
-        [sys.executable, "stages/pairs.py", "--passages", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "p.jsonl")],
+        [sys.executable, "stages/pairs.py", "--passages", str(tmp_path / "none.jsonl"), "--corpus", "corpus",
+         "--base", "models/base", "--out", str(tmp_path / "p.jsonl")],
         repo, check=False,
     )
     assert result.returncode == 1
