@@ -1,6 +1,6 @@
 """Speed of a MAML step and of edit evaluation: the split forward against the full model and `higher`.
 
-    make bench            # or: python benchmarks/bench.py [--rounds 5] [--edits 12]
+    make bench            # or: python benchmarks/bench.py [--rounds 5] [--edits 12] [--editors-only]
 
 1. A GPT-2 of distilGPT-2's shape (6 layers, 768 dims, 12 heads, vocab 50257, random weights,
    eager attention): passages 1x128, an edit 1x40 with 4 labelled tokens, the inner loop over
@@ -229,12 +229,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes that time part 1 (default 3)")
     parser.add_argument("--edits", type=int, default=12, help="edits timed per procedure and path (default 12)")
+    parser.add_argument("--editors-only", action="store_true", help="part 3 alone: layer_stats, ROME, MEMIT")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process of part 1: JSON out
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(median_times(distilgpt2_steps(), args.rounds)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.editors_only:
+        return print_editors(args.edits)
 
     runs = distilgpt2_in_processes(args.rounds, args.processes)
     print(f"\n## distilGPT-2 shape (seconds per step: median over {len(runs)} processes of each one's median)\n")
@@ -250,8 +253,12 @@ def main() -> None:
     for name, split, full in default_config(args.rounds, args.edits):
         print(f"| {name} | {split:.2f} | {full:.2f} | {split / full:.2f} |")
 
+    print_editors(args.edits)
+
+
+def print_editors(n_edits: int) -> None:
     print("\n## Editors after ENN (default params)\n\n| figure | value |\n|---|---|")
-    for name, value in editors_config(args.edits):
+    for name, value in editors_config(n_edits):
         print(f"| {name} | {value:.2f} |")
 
 

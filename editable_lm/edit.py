@@ -62,12 +62,7 @@ def tuned_lr(path: str | Path, label: str) -> float | None:
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        tuned = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EditLMError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(tuned, dict):
-        raise EditLMError(f"{path}: expected an object with one entry per model, got {type(tuned).__name__}")
+    tuned = json_object(path, "one entry per model")
     if label not in tuned:
         return None
     entry = tuned[label]
@@ -75,6 +70,17 @@ def tuned_lr(path: str | Path, label: str) -> float | None:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
         raise EditLMError(f"{path}: {label}.edit_lr: must be a positive finite number, got {lr!r}")
     return float(lr)
+
+
+def json_object(path: Path, holding: str) -> dict:
+    """A metrics file's JSON object; not JSON, or not an object, is a one-line error naming the file."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EditLMError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise EditLMError(f"{path}: expected an object with {holding}, got {type(value).__name__}")
+    return value
 
 
 def choose_lr(given: float | None, tuned_path: str, label: str, params_lr: float, params_path: str) -> tuple[float, str]:
@@ -92,7 +98,8 @@ def editor_setting(name: str, details_path: str, layer: int | None, params) -> t
     """A closed-form editor's setting: the one the `editors` stage chose on validation edits, its layer replaced
     by `layer` if given; without a chosen one, `layer` and the editor's first other candidate settings."""
     path = Path(details_path)
-    chosen = json.loads(path.read_text()).get(name, {}).get("setting") if path.is_file() else None
+    entry = json_object(path, "one entry per editor").get(name) if path.is_file() else None
+    chosen = entry.get("setting") if isinstance(entry, dict) else None
     if chosen is not None:
         return ({**chosen, "layer": layer}, "--layer") if layer is not None else (chosen, f"chosen on validation edits, {path}")
     if layer is None:

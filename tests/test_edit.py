@@ -182,6 +182,10 @@ def test_edit_with_rome_and_memit(checkpoint, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: --editor rome: no setting chosen in metrics/editors_details.json (run `dvc repro editors`), or give --layer"]
+    (tmp_path / "details.json").write_text("[1, 2]")
+    result = run_edit(*common, "--editor", "rome", "--editors-details", "details.json", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: details.json: expected an object with one entry per editor, got list"]
 
 
 def test_edit_with_each_gradient_editor_of_the_list(checkpoint, tmp_path):
