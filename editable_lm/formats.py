@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from editable_lm.editing import encode_edit
 from editable_lm.errors import EditLMError
 
 
@@ -132,7 +133,7 @@ def check_lengths(pairs: list[dict], tokenizer, max_len: int, path: str | Path) 
         texts = [(pair["prefix"], pair["new_name"]), *((p["prefix"], p["new_name"]) for p in pair["probes"]),
                  *((n["prefix"], n["name"]) for n in pair.get("neighbours", []))]
         for prefix, name in texts:
-            n = len(tokenizer(f"{prefix} {name}", add_special_tokens=False)["input_ids"])
+            n = len(encode_edit(tokenizer, prefix, name, max_len=10**9)[0])  # as the edit is encoded, uncut
             if n > max_len:
                 raise EditLMError(f"{path}: record {index}: {prefix!r} + {name!r} is {n} tokens, more than "
                                   f"evaluate.seq_len {max_len}")
