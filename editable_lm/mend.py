@@ -91,9 +91,10 @@ class GradientTransform(nn.Module):
     @torch.no_grad()
     def observe(self, z: Tensor) -> None:
         """Add rows [N, in + out] to the running mean and variance (Chan et al.'s parallel update)."""
-        n, mean = z.shape[0], z.double().mean(0)
+        n = z.shape[0]
         if n == 0:
             return
+        mean = z.double().mean(0)
         total = self.count + n
         gap = mean - self.mean
         self.m2 += ((z.double() - mean) ** 2).sum(0) + gap**2 * self.count * n / total

@@ -199,6 +199,15 @@ def test_memit_edits_a_batch_over_several_layers(family, tokenizer):
     assert (gain > 0.5).all(), gain
 
 
+def test_params_list_exactly_the_editors_the_registry_builds():
+    """`editors.names` is validated against params.EDITORS (params cannot import torch code): it must name what
+    `editors.BUILDERS` builds, and the gradient editors among them."""
+    from editable_lm.editors import BUILDERS, gradient
+    from editable_lm.params import EDITORS
+
+    assert tuple(BUILDERS) == EDITORS and set(gradient.NAMES) < set(EDITORS)
+
+
 def test_registry_builds_editors_from_params():
     from editable_lm.editors import Resources, build, memit_layers, setting_name, settings, stats_layers
     from editable_lm.params import parse_params
