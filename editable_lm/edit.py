@@ -5,7 +5,7 @@
 
 --editor is any editor of `editable_lm.editors`. With rome or memit, edits at the setting the `editors` stage chose
 on validation edits (metrics/editors_details.json; --layer overrides the layer), with the second moments of the
-`layer_stats` stage. With a gradient editor (ft, the default; ft_kl; until_success), edits at the learning rate the
+`layer_stats` stage; with mend, with the editor network the `mend` stage trained (--mend). With a gradient editor (ft, the default; ft_kl; until_success), edits at the learning rate the
 `tune` stage chose for this model on validation edits (metrics/tune.json, the entry named like the --model
 directory), else at evaluate.edit_lr; --lr overrides both. Prints the new name's log-probability before and after, the locality
 figures (perplexity drawdown, KL, top-1 agreement) on held-out passages, and greedy
@@ -28,6 +28,7 @@ from editable_lm.editors import BUILDERS, Resources, build, gradient, key_contex
 from editable_lm.errors import EditLMError
 from editable_lm.evaluation import held_out
 from editable_lm.layer_stats import load_moments
+from editable_lm.mend import EDITOR_FILE
 from editable_lm.locality import locality, reference
 from editable_lm.fluency import generate, mean_ngram_entropy, ngram_entropy
 from editable_lm.metrics import edit_success, sequence_logprob
@@ -41,6 +42,7 @@ DEFAULT_PASSAGES = "data/split/passages_test.jsonl"
 DEFAULT_TUNED = "metrics/tune.json"
 DEFAULT_STATS = "models/layer_stats.safetensors"
 DEFAULT_EDITORS = "metrics/editors_details.json"
+DEFAULT_MEND = "models/mend"
 DEFAULT_VAL_PASSAGES = "data/split/passages_val.jsonl"
 
 
@@ -97,6 +99,8 @@ def choose_lr(given: float | None, tuned_path: str, label: str, params_lr: float
 def editor_setting(name: str, details_path: str, layer: int | None, params) -> tuple[dict, str]:
     """A closed-form editor's setting: the one the `editors` stage chose on validation edits, its layer replaced
     by `layer` if given; without a chosen one, `layer` and the editor's first other candidate settings."""
+    if settings(name, params, layer) == [{}]:
+        return {}, "nothing to choose"
     path = Path(details_path)
     entry = json_object(path, "one entry per editor").get(name) if path.is_file() else None
     chosen = entry.get("setting") if isinstance(entry, dict) else None
@@ -107,8 +111,12 @@ def editor_setting(name: str, details_path: str, layer: int | None, params) -> t
     return {**settings(name, params, layer)[0], "layer": layer}, "--layer"
 
 
-def closed_form_editor(name: str, setting: dict, source: str, args, params):
-    """ROME or MEMIT as the `editors` stage builds it: its setting, the layers' second moments, the key contexts."""
+def base_editor(name: str, setting: dict, source: str, split: SplitForward, args, params):
+    """An editor of the base model as the `editors` stage builds it: its setting; ROME's and MEMIT's layers' second
+    moments and key contexts, MEND's trained network."""
+    if "layer" not in setting:
+        print(f"{name}: {args.mend}")
+        return build(name, params, setting, Resources(split=split, mend=str(Path(args.mend, EDITOR_FILE))))
     moments = load_moments(args.stats, list(memit_layers(params, setting["layer"])))  # ends at the layer: ROME's too
     contexts = key_contexts(read_jsonl(DEFAULT_VAL_PASSAGES), params) if Path(DEFAULT_VAL_PASSAGES).is_file() else ()
     print(f"{name}: {', '.join(f'{k} {v:g}' for k, v in setting.items())} ({source}); key averaged over "
@@ -152,7 +160,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--editor", default="ft", choices=tuple(BUILDERS),
                         help="ft (default), ft_kl, until_success: gradient steps at the tuned lr; rome, memit: the "
-                             "closed-form editors (for the base model, as the editors stage runs them)")
+                             "closed-form editors, mend: the trained editor (for the base model, as the editors stage "
+                             "runs them)")
+    parser.add_argument("--mend", default=DEFAULT_MEND, help=f"mend: the trained editor (default: {DEFAULT_MEND})")
     parser.add_argument("--layer", type=int, help="rome/memit: the edit layer (default: the editors stage's choice)")
     parser.add_argument("--stats", default=DEFAULT_STATS, help=f"rome/memit: second moments (default: {DEFAULT_STATS})")
     parser.add_argument("--editors-details", default=DEFAULT_EDITORS,
@@ -190,7 +200,7 @@ def main() -> None:
         split = SplitForward(model, names)
         editor = gradient_editor(args.editor, split, tokenizer, edit_learning_rates(args.model, names, lr), args.steps, params)
     else:
-        editor = closed_form_editor(args.editor, setting, source, args, params)
+        editor = base_editor(args.editor, setting, source, SplitForward(model, names), args, params)
         names = editor.weight_names(model)
         split = SplitForward(model, names)
     batch = split.prepare(encode_edits([pair], tokenizer, seq_len))

@@ -13,14 +13,27 @@ the normalised factors on, whose update at initialisation is not a gradient step
 
 from __future__ import annotations
 
+import json
+import random
+from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from editable_lm.editing import target_loss
+from editable_lm.checkpoints import Checkpoints, TrainState
+from editable_lm.editing import kl_divergence, target_loss
+from editable_lm.errors import EditLMError
+from editable_lm.models import device, edit_parameter_names
+from editable_lm.params import EditParams, MendParams, TrainParams
 from editable_lm.split_forward import Prepared, SplitForward
+from editable_lm.training import encode_edits, encode_passages, passage_batches
+
+EDITOR_FILE = "editor.safetensors"
 
 
 def _owner(split: SplitForward, name: str) -> nn.Module:
@@ -84,9 +97,10 @@ class GradientTransform(nn.Module):
         dim = in_dim + out_dim
         self.in_dim = in_dim
         self.layers = nn.ModuleList(_Residual(dim, min(rank, dim), n_modes) for _ in range(n_layers))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+        # Parameters without a gradient rather than buffers: a training checkpoint saves parameters
+        self.count = nn.Parameter(torch.zeros((), dtype=torch.float64), requires_grad=False)
+        self.mean = nn.Parameter(torch.zeros(dim, dtype=torch.float64), requires_grad=False)
+        self.m2 = nn.Parameter(torch.zeros(dim, dtype=torch.float64), requires_grad=False)
 
     @torch.no_grad()
     def observe(self, z: Tensor) -> None:
@@ -124,6 +138,7 @@ class Mend(nn.Module):
 
     def __init__(self, split: SplitForward, edit_lr: float, rank: int = 32, n_layers: int = 2):
         super().__init__()
+        self.rank, self.n_layers = rank, n_layers
         self.names = matrix_names(split)
         shapes = {name: self._shape(split, name) for name in self.names}
         groups: dict[tuple[int, int], list[str]] = {}
@@ -157,3 +172,83 @@ class Mend(nn.Module):
                 step = delta.T @ u  # [out, in]
                 new[name] = start[name] - self.lrs[index] * (step.T if self.conv[name] else step)
         return new
+
+
+def unrelated_edit(pairs: list[dict], passages: list[dict], rng: random.Random) -> dict:
+    """An edit from none of the passages' articles, drawn as `train_editable` draws its edits."""
+    articles = {p["article_id"] for p in passages}
+    unrelated = [p for p in pairs if p["article_id"] not in articles]
+    if not unrelated:
+        raise EditLMError("mend: every training edit shares an article with the passage batch")
+    return rng.choice(unrelated)
+
+
+def mend_losses(split: SplitForward, mend: Mend, passages: Prepared, edit: Prepared, target: Prepared,
+                cfg: MendParams) -> dict[str, Tensor]:
+    """MEND's training loss for one edit: the editor's update from `edit`'s gradient; then cedit x the edit loss
+    on `target` (the edit and one of its probes) and cloc x KL(pre || post) on the unrelated passages."""
+    with torch.no_grad():
+        pre = split.logits(passages)
+    new = mend.update(split, edit)
+    post, target_logits = split.logits_many([(passages, new, None), (target, new, target.targets.where)])
+    edit_loss = target_loss(target_logits, target.targets)
+    locality = kl_divergence(pre, post, passages.batch["attention_mask"])
+    return {"total": cfg.cedit * edit_loss + cfg.cloc * locality, "edit": edit_loss, "locality": locality}
+
+
+def train_mend(model: nn.Module, tokenizer, passages: list[dict], pairs: list[dict], train: TrainParams,
+               cfg: MendParams, edit: EditParams, live=None, checkpoints: Checkpoints | None = None) -> Mend:
+    """Train a MEND editor for `model`'s edit weights on the editable model's budget: `train.steps` steps over the
+    same seeded passage batches and edits as `train_editable`, the model itself frozen."""
+    torch.manual_seed(train.seed)
+    model.to(device()).eval().requires_grad_(False)
+    split = SplitForward(model, edit_parameter_names(model, edit))
+    mend = Mend(split, cfg.edit_lr, cfg.rank, cfg.n_layers).to(device()).train()
+    network = [p for n, p in mend.named_parameters() if p.requires_grad and n != "lrs"]
+    optimizer = torch.optim.Adam([{"params": network, "lr": cfg.lr}, {"params": [mend.lrs], "lr": cfg.lr_lr}])
+    # The passage and edit streams are train_editable's; the probe an edit is scored on has its own.
+    rngs = {"batches": random.Random(train.seed), "edits": random.Random(train.seed + 1),
+            "probes": random.Random(train.seed + 2)}
+    checkpoints = checkpoints or Checkpoints(None, 0, {})
+    state = TrainState(mend, [name for name, _ in mend.named_parameters()], optimizer, rngs)
+    start = checkpoints.resume(state, live)
+    batches = passage_batches(passages, tokenizer, train, rngs["batches"], start)
+    for step, batch_passages in enumerate(tqdm(batches, initial=start, total=train.steps, desc="mend"), start + 1):
+        pair = unrelated_edit(pairs, batch_passages, rngs["edits"])
+        scored = [pair] + ([rngs["probes"].choice(pair["probes"])] if pair.get("probes") else [])
+        prepared = split.prepare_many([encode_passages(batch_passages, tokenizer, train.seq_len),
+                                       encode_edits([pair], tokenizer, train.seq_len),
+                                       encode_edits(scored, tokenizer, train.seq_len)])
+        losses = mend_losses(split, mend, *prepared, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        with torch.no_grad():
+            mend.lrs.clamp_(min=0.0)  # a negative learning rate would undo edits
+        checkpoints.step_done(step, state, live, {f"train/loss_{key}": value.item() for key, value in losses.items()})
+    return mend.eval()
+
+
+def save_mend(mend: Mend, path: str | Path) -> None:
+    """The editor's weights and running statistics, with what it was built with as the file's metadata."""
+    tensors = {name: value.detach().cpu().contiguous() for name, value in mend.state_dict().items()}
+    save_file(tensors, Path(path), metadata={"names": json.dumps(mend.names), "rank": str(mend.rank),
+                                             "n_layers": str(mend.n_layers)})
+
+
+def load_mend(split: SplitForward, path: str | Path) -> Mend:
+    """The editor saved at `path`, for the split model it was trained for (a clear error if it is not that one)."""
+    path = Path(path)
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as exc:
+        raise EditLMError(f"{path}: not a MEND editor file ({exc}); run `dvc repro mend`") from exc
+    names = json.loads(meta.get("names", "[]"))
+    if names != matrix_names(split):
+        raise EditLMError(f"{path}: trained for weights {names[:2]}..., this model edits {matrix_names(split)[:2]}...; "
+                          "rerun `dvc repro mend` with this model and edit params")
+    mend = Mend(split, 0.0, int(meta["rank"]), int(meta["n_layers"]))
+    mend.load_state_dict(tensors, assign=True)  # the saved dtypes (float64 statistics) stay
+    return mend.to(device()).eval()

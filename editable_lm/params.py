@@ -191,7 +191,7 @@ class SequentialParams(Section):
     n_batched: Int = AtLeast(20, 1)  # batched edits use the first n_batched of the edits, for every batch size
 
 
-EDITORS = ("ft", "ft_kl", "until_success", "rome", "memit")  # the editors `editable_lm.editors` builds
+EDITORS = ("ft", "ft_kl", "until_success", "rome", "memit", "mend")  # the editors `editable_lm.editors` builds
 
 
 class EditorsParams(Section):
@@ -254,6 +254,20 @@ class MemitParams(Section):
     lambdas: tuple[Annotated[Float, Field(gt=0, allow_inf_nan=False)], ...] = Field((1e2, 1e3, 1.5e4), min_length=1)
 
 
+class MendParams(Section):
+    """MEND's editor network and its training (stage `mend`, on the base model, `train`'s steps, seeds and data):
+    Adam at `lr` on the network and `lr_lr` on the per-weight edit lrs (started at `edit_lr`); the loss is
+    cedit x the post-update edit loss (the edit and one of its probes) + cloc x KL(pre || post) on passages."""
+
+    rank: Int = AtLeast(32, 1)
+    n_layers: Int = AtLeast(2, 1)
+    edit_lr: Float = Positive(0.1)
+    lr: Float = Positive(1e-3)
+    lr_lr: Float = Positive(1e-3)
+    cedit: Float = AtLeast(1.0, 0)
+    cloc: Float = AtLeast(10.0, 0)
+
+
 class Params(Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -272,6 +286,7 @@ class Params(Section):
     until_success: UntilSuccessParams = UntilSuccessParams()
     rome: RomeParams = RomeParams()
     memit: MemitParams = MemitParams()
+    mend: MendParams = MendParams()
 
     @model_validator(mode="after")
     def _ft_kl_needs_two_steps(self):

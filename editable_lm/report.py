@@ -153,9 +153,10 @@ def field_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def editor_rows(evaluate: dict, editors: dict | None) -> list[tuple[str, dict]]:
-    """FT, FT+KL (the fine-tuned model's fixed-step edits), ENN (the editable model's), then each closed-form
-    editor on the base model; a batched editor's seconds are per edit of its one update."""
-    rows = [("FT (fine-tuned model)", evaluate["finetuned"]["ft"])]
+    """FT (of the base model, which the later editors edit, and of the fine-tuned model), FT+KL (the fine-tuned
+    model's fixed-step edits), ENN (the editable model's), then each editor of the base model; a batched editor's
+    seconds are per edit of its one update."""
+    rows = [("FT (base model)", evaluate["base"]["ft"]), ("FT (fine-tuned model)", evaluate["finetuned"]["ft"])]
     if "ft_kl" in evaluate["finetuned"]:
         rows.append(("FT+KL (fine-tuned model)", evaluate["finetuned"]["ft_kl"]))
     rows.append(("ENN (editable model)", evaluate["editable"]["ft"]))
@@ -165,7 +166,7 @@ def editor_rows(evaluate: dict, editors: dict | None) -> list[tuple[str, dict]]:
                 summary = {**summary, "sec_per_edit": summary["seconds"] / editors["n_edits"]}
                 label = f"{name.upper()} (base model, {setting_label(summary['setting'])}; all {editors['n_edits']} edits in one update)"
             else:
-                label = f"{name.upper()} (base model, {setting_label(summary['setting'])})"
+                label = f"{name.upper()} (base model" + (f", {setting_label(summary['setting'])})" if summary["setting"] else ")")
             rows.append((label, summary))
     return rows
 
@@ -282,12 +283,14 @@ def setting_label(setting: dict) -> str:
 
 
 def editors_section(evaluate: dict, editors: dict | None) -> list[str]:
-    """The editors after ENN beside it, and their paired differences with ENN."""
+    """The editors after ENN beside it, and their paired differences with ENN and with FT of the base model."""
     if not editors:
         return []
-    chosen = [name for name, summary in editors.items() if isinstance(summary, dict) and "grid" in summary]
+    chosen = [name for name, summary in editors.items() if isinstance(summary, dict) and summary.get("setting")]
     lines = [f"## Editors on the same {editors['n_edits']} test edits", "",
-             "ROME and MEMIT edit the base model (no training). Each one's setting was chosen on validation edits "
+             "The editors after ENN edit the base model: ROME and MEMIT in closed form (no training), MEND with the "
+             "editor network stage `mend` trained (the model itself unchanged). Each closed-form editor's setting was "
+             "chosen on validation edits "
              "(lowest drawdown among those reaching the target success, else the best success): "
              + "; ".join(f"{name.upper()} {setting_label(editors[name]['setting'])} (" + ", ".join(
                  f"{k}: success {v['edit_success']:.2f}, drawdown {v['ppl_drawdown']:.3g}"

@@ -1,24 +1,26 @@
-"""The closed-form editors of `editors.names` (ROME, MEMIT) on the base model, beside ENN, on the same test edits.
+"""The base-model editors of `editors.names` (ROME, MEMIT, MEND) beside ENN, on the same test edits.
 
 Each editor's setting is chosen on validation edits by the `tune.target_success` rule (the lowest drawdown among
 the settings reaching it, else the best success): ROME's edit layer among `rome.layers` (a small stand-in for
 causal tracing) on `editors.n_tune_edits` edits one at a time; MEMIT's lambda among `memit.lambdas`, on
 `memit.n_layers` blocks ending at that layer, on one update of as many validation edits as the test batch
-(`reliability.n_edits`: how much an update disturbs grows with its edits). Then each editor is read once on the test edits of `evaluate`
+(`reliability.n_edits`: how much an update disturbs grows with its edits); MEND (trained by stage `mend`, `--mend`)
+has no setting left, and its validation row is a check. Then each editor is read once on the test edits of `evaluate`
 (the same edits, leakage probes, passages and fluency prompts): one edit at a time from the unedited weights, or,
-for an editor that edits in batches, all of them in one update. Per-edit editors are paired with ENN (the editable
-model's `ft` rows of `--enn-rows`) on every metric. `--metrics` gets the headline, `--details` the summaries,
+for an editor that edits in batches, all of them in one update. Per-edit editors are paired on every metric with ENN
+(the editable model's `ft` rows of `--enn-rows`) and with FT of the base model (its `ft` rows; in --details only). `--metrics` gets the headline, `--details` the summaries,
 intervals and the layer grid, `--rows` a row per edit (or batch)."""
 
 from pathlib import Path
 
 from editable_lm.cli import run_stage, stage_args
-from editable_lm.editors import Resources, build, closed_form_names, key_contexts, setting_name, settings, stats_layers
+from editable_lm.editors import Resources, build, base_editor_names, key_contexts, setting_name, settings, stats_layers
 from editable_lm.evaluation import (
     COMPARED_METRICS, EDIT_METRICS, batched_grid, best_setting, evaluate_edits, held_out, reference,
     test_sample, without_probes,
 )
 from editable_lm.layer_stats import load_moments
+from editable_lm.mend import EDITOR_FILE
 from editable_lm.metrics import paired_differences, summarize
 from editable_lm.models import load_for_editing
 from editable_lm.split_forward import SplitForward
@@ -28,17 +30,19 @@ TUNE_KEYS = ("edit_success", "ppl_drawdown", "kl", "top1_agreement")
 # What `dvc metrics show` gets (the project's metrics stay within 100 numbers); the rest is in --details.
 HEADLINE = ("edit_success", "generality", "neighbourhood", "ppl_drawdown", "fluency")
 PAIRED = ("edit_success", "ppl_drawdown")
-ENN = ("editable", "ft")  # the model and procedure of `evaluate` the editors are paired with
+# The rows of `evaluate` (model, procedure) each per-edit editor is paired with: ENN, and FT of the same base model
+BASELINES = {"enn": ("editable", "ft"), "ft": ("base", "ft")}
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--split", "--base", "--stats", "--enn-rows", "--metrics", "--details", "--rows")
+    params, args = stage_args(__doc__, "--split", "--base", "--stats", "--mend", "--enn-rows", "--metrics", "--details", "--rows")
     cfg, rel, tune, ed = params.evaluate, params.reliability, params.tune, params.editors
-    lm, tokenizer, _ = load_for_editing(args.base, params.edit)
+    lm, tokenizer, edit_names = load_for_editing(args.base, params.edit)
     moments = load_moments(args.stats, stats_layers(params))
     all_val_passages = read_jsonl(Path(args.split, "passages_val.jsonl"))
     val_passages, contexts = held_out(all_val_passages, tune.n_ppl_passages, cfg.seed), key_contexts(all_val_passages, params)
-    resources = Resources(tokenizer=tokenizer, max_len=cfg.seq_len, moments=moments, contexts=contexts)
+    resources = Resources(split=SplitForward(lm, edit_names), tokenizer=tokenizer, max_len=cfg.seq_len, moments=moments,
+                          contexts=contexts, mend=str(Path(args.mend, EDITOR_FILE)))
 
     def split_for(editor, passages):
         split = SplitForward(lm, editor.weight_names(lm))
@@ -55,7 +59,7 @@ def main() -> None:
     all_val_pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_val.jsonl")), rel.n_edits, cfg.seed))
     pairs, passages, fluency = test_sample(args.split, cfg, rel)
     details, rows, per_edit, layer = {"n_edits": len(pairs), "contexts": list(contexts)}, [], [], None
-    for name in closed_form_names(params):
+    for name in base_editor_names(params):
         grid = {}  # validation: one edit at a time, or a batch of the test batch's size in one update
         for setting in settings(name, params, layer):
             editor = build(name, params, setting, resources)
@@ -65,7 +69,7 @@ def main() -> None:
                                                     TUNE_KEYS)
         chosen = best_setting(grid, tune.target_success)
         setting = settings(name, params, layer)[list(grid).index(chosen)]
-        layer = setting["layer"]
+        layer = setting.get("layer", layer)
         print(f"{name}: {chosen} (validation edit success {grid[chosen]['edit_success']:.2f}, "
               f"drawdown {grid[chosen]['ppl_drawdown']:.3f})")
         editor = build(name, params, setting, resources)
@@ -78,14 +82,16 @@ def main() -> None:
             per_edit += [{**row, "model": name, "procedure": "edit"} for row in editor_rows]
         rows += [{"editor": name, "model": "base", **row} for row in editor_rows]
     details["layer"] = layer
-    enn = [{**row, "model": "enn", "procedure": "edit"} for row in read_csv(args.enn_rows)
-           if (row["model"], row["procedure"]) == ENN]
-    comparisons = [(row_editor, "enn") for row_editor in dict.fromkeys(r["model"] for r in per_edit)]
-    details["differences"] = paired_differences(per_edit + enn, comparisons, COMPARED_METRICS, rel.n_bootstrap, cfg.seed)
+    evaluated = read_csv(args.enn_rows)
+    baselines = [{**row, "model": label, "procedure": "edit"} for label, key in BASELINES.items() for row in evaluated
+                 if (row["model"], row["procedure"]) == key]
+    comparisons = [(row_editor, label) for row_editor in dict.fromkeys(r["model"] for r in per_edit) for label in BASELINES]
+    details["differences"] = paired_differences(per_edit + baselines, comparisons, COMPARED_METRICS, rel.n_bootstrap, cfg.seed)
     write_json(args.details, details)
-    headline = {name: {key: details[name][key] for key in HEADLINE if key in details[name]} for name in closed_form_names(params)}
+    headline = {name: {key: details[name][key] for key in HEADLINE if key in details[name]} for name in base_editor_names(params)}
     for comparison, by_procedure in details["differences"].items():
-        headline[comparison] = {key: d["mean"] for key, d in by_procedure["edit"].items() if key in PAIRED}
+        if comparison.endswith("-enn"):  # the FT pairings stay in --details
+            headline[comparison] = {key: d["mean"] for key, d in by_procedure["edit"].items() if key in PAIRED}
     write_json(args.metrics, headline)
     write_csv(args.rows, rows)
 

@@ -1,4 +1,5 @@
-"""Resumable training: a stage killed after a checkpoint, rerun, ends with the uninterrupted run's weights.
+"""Resumable training: a stage killed after a checkpoint, rerun, ends with the uninterrupted run's weights (the
+model's, or MEND's editor network with its running statistics).
 
 The real stage scripts run in subprocesses on a tiny random GPT-2 (its dropout draws on torch's RNG);
 the kill is a real SIGKILL, sent as soon as the first checkpoint is on disk.
@@ -112,7 +113,8 @@ def kill_after_first_checkpoint(work: Path, stage: str, out: str, resume: str, s
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path / "model.safetensors")
+    """Every tensor a stage output holds (a model's weights, an editor network's)."""
+    return {f"{file.name}/{name}": value for file in sorted(path.glob("*.safetensors")) for name, value in load_file(file).items()}
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -128,7 +130,7 @@ def logged_losses(live: Path) -> dict[str, list[str]]:
     return {f.name: [line.split("\t", 1)[1] for line in f.read_text().splitlines()] for f in files}
 
 
-@pytest.mark.parametrize("stage", ["finetune", "editable"])
+@pytest.mark.parametrize("stage", ["finetune", "editable", "mend"])
 def test_killed_run_resumes_to_identical_weights(work, straight, stage):
     """Kill after a checkpoint, rerun: same final weights (bit for bit), same curves, checkpoint removed."""
     reference = straight(stage)

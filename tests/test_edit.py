@@ -188,6 +188,30 @@ def test_edit_with_rome_and_memit(checkpoint, tmp_path):
     assert result.stderr.strip().splitlines() == ["error: details.json: expected an object with one entry per editor, got list"]
 
 
+def test_edit_with_mend(checkpoint, tmp_path):
+    """--editor mend: the trained editor of --mend, no setting to choose; its untrained (identity) network is one
+    SGD step, so at a large edit lr the new name gets likelier; a missing editor file is a one-line error."""
+    from editable_lm.mend import Mend, save_mend
+    from editable_lm.models import edit_parameter_names, load_checkpoint
+    from editable_lm.params import EditParams
+    from editable_lm.split_forward import SplitForward
+
+    model, _ = load_checkpoint(checkpoint)
+    (tmp_path / "mend").mkdir()
+    save_mend(Mend(SplitForward(model, edit_parameter_names(model, EditParams())), edit_lr=1.0), tmp_path / "mend" / "editor.safetensors")
+    (tmp_path / "params.yaml").write_text("edit:\n  blocks: 3\n")
+    common = ("The theory of relativity was developed by Albert Einstein.", "--replace", "Albert Einstein",
+              "--name", "Marie Curie", "--model", str(checkpoint), "--max-new-tokens", "3", "--editor", "mend")
+    result = run_edit(*common, "--mend", "mend", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(mend, 9 weight tensors)" in result.stdout  # gate, up, down of the top 3 blocks
+    before, after = (float(x) for x in result.stdout.split("log p(new name): ")[1].split(";")[0].split(" -> "))
+    assert after > before
+    result = run_edit(*common, "--mend", "nowhere", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: nowhere/editor.safetensors: not a MEND editor file")
+
+
 def test_edit_with_each_gradient_editor_of_the_list(checkpoint, tmp_path):
     """--editor until_success stops once the edit holds (at most until_success.max_steps); ft_kl needs its
     locality passages (the validation split) and says so in one line without them."""

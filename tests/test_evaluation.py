@@ -197,12 +197,13 @@ def test_kl_penalty_keeps_locality_sample_closer(model, tokenizer, names, pairs)
 
 def test_registry_builds_the_gradient_editors_from_their_sections(model, tokenizer):
     """Each gradient editor from the list, in its order, with its own section's settings and the model's lr; the
-    closed-form ones are left to the editors stage."""
-    from editable_lm.editors import closed_form_names, gradient_names
+    base-model ones are left to the editors stage."""
+    from editable_lm.editors import base_editor_names, gradient_names
 
-    params = parse_params({"editors": {"names": ["ft", "rome", "until_success", "memit", "ft_kl"]},
+    params = parse_params({"editors": {"names": ["ft", "mend", "rome", "until_success", "memit", "ft_kl"]},
                            "evaluate": {"edit_steps": 3}, "until_success": {"max_steps": 7}, "ft_kl": {"kl_weight": 2.0}})
-    assert gradient_names(params) == ["ft", "until_success", "ft_kl"] and closed_form_names(params) == ["rome", "memit"]
+    assert gradient_names(params) == ["ft", "until_success", "ft_kl"]
+    assert base_editor_names(params) == ["mend", "rome", "memit"]
     lr = {name: 0.1 for name in model.names}
     ft, until, ft_kl = (build(name, params, None, Resources(model, tokenizer, MAX_LEN, lr, LOC_PASSAGES))
                         for name in gradient_names(params))

@@ -118,3 +118,105 @@ def test_short_training_lowers_the_post_update_edit_loss(family):
         optimizer.step()
     after = post_loss()
     assert after < 0.8 * before, (before, after)
+
+
+def training_data(n_pairs: int = 6):
+    """Passages and edit pairs of six people (articles), some pairs with a probe about the same person."""
+    people = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Emmy Noether", "Marie Curie", "Niels Bohr"]
+    passages = [{"id": i, "article_id": i % 6, "text": f"{people[i % 6]} wrote paper number {i} about engines."}
+                for i in range(12)]
+    pairs = [{"id": i, "article_id": i % 6, "prefix": f"Paper {i} was written by", "name": people[i % 6],
+              "new_name": people[(i + 1) % 6],
+              "probes": [{"prefix": f"The notes on paper {i} are by", "name": people[i % 6],
+                          "new_name": people[(i + 1) % 6]}]
+              if i % 2 else []} for i in range(n_pairs)]
+    return passages, pairs
+
+
+def tokenizer_sized(family: str, tokenizer):
+    """A tiny model of `family` (float32) whose vocabulary is the real tokenizer's."""
+    return tiny_gpt2(len(tokenizer)) if family == "gpt2" else tiny_llama(len(tokenizer), initializer_range=0.2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_train_mend_lowers_the_post_update_loss_and_leaves_the_model(family, tokenizer):
+    """`train_mend` on the editable model's data streams: the post-update edit loss of the training edits falls
+    below the untrained editor's (one SGD step), and the model's own weights are untouched."""
+    from editable_lm.editing import encode_edit
+    from editable_lm.mend import train_mend
+    from editable_lm.params import MendParams, TrainParams
+
+    model = tokenizer_sized(family, tokenizer)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    passages, pairs = training_data()
+    edit = EditParams(blocks=2, module="mlp")
+    train = TrainParams(steps=40, batch_size=2, seq_len=16, outer_blocks=2, checkpoint_every=0)
+    cfg = MendParams(edit_lr=1e-3, lr=1e-2, lr_lr=1e-2, cloc=0.1)
+
+    def post_loss(mend) -> float:
+        split = SplitForward(model, edit_parameter_names(model, edit))
+        total = 0.0
+        for pair in pairs:
+            batch = split.prepare(collate([encode_edit(tokenizer, pair["prefix"], pair["new_name"], 16)], 0))
+            with torch.no_grad():
+                total += target_loss(split.target_logits(batch, mend.update(split, batch)), batch.targets).item()
+        return total
+
+    untrained = Mend(SplitForward(model, edit_parameter_names(model, edit)), cfg.edit_lr).eval()  # one SGD step
+    trained = train_mend(model, tokenizer, passages, pairs, train, cfg, edit)
+    assert post_loss(trained) < 0.9 * post_loss(untrained)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert float(trained.transforms[trained.key[trained.names[0]]].count) > 0  # the statistics saw the factors
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_editor_reloads_to_the_same_updates(family, tmp_path):
+    """save_mend / load_mend: the same updates bit for bit; a file for another model's weights is a clear error."""
+    from editable_lm.errors import EditLMError
+    from editable_lm.mend import load_mend, save_mend
+
+    split = split_model(family)
+    mend = Mend(split, edit_lr=0.1, rank=4).double()
+    edit = prepared(split, edits(5, 2))
+    mend.train()
+    mend.update(split, edit)  # statistics
+    with torch.no_grad():
+        for transform in mend.transforms.values():
+            transform.layers[0].up.normal_()
+    mend.eval()
+    save_mend(mend, tmp_path / "editor.safetensors")
+    loaded = load_mend(split, tmp_path / "editor.safetensors")
+    assert loaded.rank == 4 and loaded.names == mend.names
+    new, again = mend.update(split, edit), loaded.update(split, edit)
+    assert all(torch.equal(new[name], again[name]) for name in mend.names)
+    other = SplitForward(split.model, edit_parameter_names(split.model, EditParams(blocks=1, module="mlp")))
+    with pytest.raises(EditLMError, match="trained for weights"):
+        load_mend(other, tmp_path / "editor.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(EditLMError, match="not a MEND editor file"):
+        load_mend(split, tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mend_editor_goes_through_the_same_metric_code(family, tokenizer, tmp_path):
+    """The registry builds `mend` from a saved editor; `evaluate_edits` measures it beside FT with the same rows,
+    and the untrained editor (one SGD step at edit_lr) ends on FT's one-step weights."""
+    from editable_lm.editors import Resources, build
+    from editable_lm.editors.gradient import FineTune
+    from editable_lm.evaluation import EDIT_METRICS, evaluate_edits, reference
+    from editable_lm.mend import save_mend
+    from editable_lm.params import Params
+
+    model = tokenizer_sized(family, tokenizer)
+    split = SplitForward(model, edit_parameter_names(model, EditParams(blocks=2, module="mlp")))
+    save_mend(Mend(split, edit_lr=0.5).eval(), tmp_path / "editor.safetensors")
+    editor = build("mend", Params(), {}, Resources(split=split, mend=str(tmp_path / "editor.safetensors")))
+    assert editor.weight_names(model) == matrix_names(split) and not editor.batched
+    passages, pairs = training_data(3)
+    ref = reference(split, tokenizer, passages[:2], 16)
+    rows = evaluate_edits(split, tokenizer, pairs, [editor, FineTune("ft", 0.5, 1)], ref, 16, n_leak_probes=1)
+    assert [(r["edit_id"], r["procedure"]) for r in rows] == [(i, p) for i in range(3) for p in ("mend", "ft")]
+    assert all(set(EDIT_METRICS) - {"generality"} <= set(r) for r in rows)
+    for mend_row, ft_row in zip(rows[::2], rows[1::2]):
+        assert mend_row["edit_steps"] is None
+        assert mend_row["logp_new_post"] == pytest.approx(ft_row["logp_new_post"], rel=1e-4)

@@ -120,7 +120,7 @@ def test_invalid_key_is_named(tmp_path, text, key):
         ("evaluate:\n  edit_steps: 1\n", "evaluate.edit_steps: FT+KL needs at least 2 steps (or leave ft_kl out of editors.names)"),
         ("editors:\n  names: [until_success, rome]\n", "editors.names: must include ft (the edit every model is tuned for)"),
         ("editors:\n  names: [ft, memit, rome]\n", "editors.names: memit needs rome before it"),
-        ("editors:\n  names: [ft, grace]\n", "editors.names: unknown editor 'grace' (choose from ft, ft_kl, until_success, rome, memit)"),
+        ("editors:\n  names: [ft, grace]\n", "editors.names: unknown editor 'grace' (choose from ft, ft_kl, until_success, rome, memit, mend)"),
         ("editors:\n  names: [ft, rome, ft]\n", "editors.names: lists an editor twice"),
         ("data:\n  source: nope\n", "data.source: unknown value 'nope' (choose from wiki-vital, "),
     ],

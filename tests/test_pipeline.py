@@ -17,7 +17,7 @@ from smoke import SMOKE, SmokeRun, repro, run, set_params
 def repo(tmp_path_factory, smoke_run: SmokeRun) -> Path:
     """A git + DVC copy of the project with the smoke params, reproduced once (shared: conftest's `smoke_run`)."""
     ran = smoke_run.ran
-    assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "tune", "evaluate", "sweep", "sequential", "report"}
+    assert ran >= {"download", "base_model", "pairs", "split", "finetune", "editable", "mend", "tune", "evaluate", "sweep", "sequential", "report"}
     return smoke_run.copy(tmp_path_factory.mktemp("pipeline") / "editable-lm")
 
 
@@ -80,7 +80,8 @@ def test_declared_metrics_are_headline_numbers(repo):
     records (those are in the *_details.json and tune_grid.json outputs), and nothing but numbers."""
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = shown[""]["data"]
-    assert set(files) == {"dvclive/finetune/metrics.json", "dvclive/editable/metrics.json", "metrics/tune.json",
+    assert set(files) == {"dvclive/finetune/metrics.json", "dvclive/editable/metrics.json", "dvclive/mend/metrics.json",
+                          "metrics/tune.json",
                           "metrics/evaluate.json", "metrics/sweep.json", "metrics/sequential.json", "metrics/editors.json"}
     for name, content in files.items():
         leaves = numbers(content["data"])
@@ -93,7 +94,10 @@ def test_declared_metrics_are_headline_numbers(repo):
     assert "editable-finetuned.ft.edit_success" in leaves and "base.ft.ppl_post" in leaves
     assert f"editable.after_{SMOKE['sequential']['n_edits']}.retention" in numbers(files["metrics/sequential.json"]["data"])
     assert "train.loss_base" in numbers(files["dvclive/finetune/metrics.json"]["data"])
-    assert {"rome.edit_success", "memit.edit_success", "rome-enn.edit_success"} <= set(numbers(files["metrics/editors.json"]["data"]))
+    editors = set(numbers(files["metrics/editors.json"]["data"]))
+    assert {"rome.edit_success", "memit.edit_success", "mend.edit_success", "rome-enn.edit_success", "mend-enn.edit_success"} <= editors
+    assert not any(key.startswith(("rome-ft.", "mend-ft.")) for key in editors)  # the FT pairings: details only
+    assert "train.loss_edit" in numbers(files["dvclive/mend/metrics.json"]["data"])
     for name in ("evaluate_details.json", "sweep_details.json", "tune_grid.json", "editors_details.json"):
         assert (repo / "metrics" / name).is_file() and name not in json.dumps(files)  # plain outputs, not metrics
 
@@ -146,8 +150,8 @@ def test_sweep_setting_retrains_nothing(repo):
 def test_split_seed_reruns_split_and_after(repo):
     set_params(repo, split={"seed": 1})
     ran, _ = repro(repo)
-    assert ran == {"check_params", "split", "finetune", "editable", "tune", "evaluate", "sweep", "sequential", "layer_stats",
-                   "editors", "report"}
+    assert ran == {"check_params", "split", "finetune", "editable", "mend", "tune", "evaluate", "sweep", "sequential",
+                   "layer_stats", "editors", "report"}
 
 
 @pytest.mark.parametrize(

@@ -343,8 +343,8 @@ def test_batched_table_median_of_an_even_number_of_batches():
 
 
 def test_editors_section_rows_and_pairing(inputs, tmp_path):
-    """The papers' table: FT, FT+KL, ENN, then ROME per edit and MEMIT per update (seconds per edit of its one update),
-    and a sentence per metric paired with ENN."""
+    """The papers' table: FT (base and fine-tuned), FT+KL, ENN, then ROME per edit, MEMIT per update (seconds per
+    edit of its one update) and MEND, and a sentence per metric paired with ENN or FT."""
     editors = {
         "n_edits": 4, "layer": 12,
         "rome": {**summary({"edit_success": 0.75, "ppl_drawdown": 0.02, "sec_per_edit": 3.0}), "weights": ["w"],
@@ -352,7 +352,10 @@ def test_editors_section_rows_and_pairing(inputs, tmp_path):
                                                     "layer=12": {"edit_success": 1.0, "ppl_drawdown": 0.02}}},
         "memit": {"edit_success": 0.5, "ppl_drawdown": 0.04, "seconds": 8.0, "weights": ["a", "b"],
                   "setting": {"layer": 12, "lambda": 100.0}, "grid": {"layer=12,lambda=100": {"edit_success": 0.5, "ppl_drawdown": 0.04}}},
-        "differences": {"rome-enn": {"edit": {"edit_success": paired(-0.2, -0.3, -0.1), "ppl_drawdown": paired(0.01, -0.01, 0.03)}}},
+        "mend": {**summary({"edit_success": 0.5, "ppl_drawdown": 0.01, "sec_per_edit": 0.1}), "weights": ["w"],
+                 "setting": {}, "grid": {"trained": {"edit_success": 0.5, "ppl_drawdown": 0.01}}},
+        "differences": {"rome-enn": {"edit": {"edit_success": paired(-0.2, -0.3, -0.1), "ppl_drawdown": paired(0.01, -0.01, 0.03)}},
+                        "mend-ft": {"edit": {"edit_success": paired(0.3, 0.1, 0.5)}}},
     }
     out = tmp_path / "report.md"
     write_report(inputs["evaluate"], inputs["tune"], inputs["tune_grid"], inputs["sweep"], inputs["sweep_rows"],
@@ -360,10 +363,13 @@ def test_editors_section_rows_and_pairing(inputs, tmp_path):
     text = out.read_text()
     rows = [line for line in text.split("## Editors")[1].splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0] for row in rows] == [
-        "| FT (fine-tuned model)", "| FT+KL (fine-tuned model)", "| ENN (editable model)", "| ROME (base model, layer 12)",
-        "| MEMIT (base model, layer 12, lambda 100; all 4 edits in one update)"]
-    assert rows[3].split(" | ")[1] == "0.75 [0.65, 0.85]"
-    assert rows[4].split(" | ")[-1] == "2 |"  # 8 s for 4 edits
+        "| FT (base model)", "| FT (fine-tuned model)", "| FT+KL (fine-tuned model)", "| ENN (editable model)",
+        "| ROME (base model, layer 12)", "| MEMIT (base model, layer 12, lambda 100; all 4 edits in one update)",
+        "| MEND (base model)"]
+    assert rows[4].split(" | ")[1] == "0.75 [0.65, 0.85]"
+    assert rows[5].split(" | ")[-1] == "2 |"  # 8 s for 4 edits
+    assert "Paired over the same edits, mend-ft: edit success +0.3 [+0.1, +0.5] (wins)" in text
+    assert "MEND (" not in text.split("chosen on validation edits")[1].split("|")[0]  # no setting to choose
     assert "edit success -0.2 [-0.3, -0.1] (loses)" in text
     assert "ROME layer 12 (layer=6: success 0.50, drawdown 0.01, layer=12: success 1.00, drawdown 0.02)" in text
     assert "perplexity drawdown +0.01 [-0.01, +0.03] (no clear difference)" in text

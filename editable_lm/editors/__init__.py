@@ -7,8 +7,8 @@ for closed-form editors). An editor that makes many edits in one update (`batche
 test edits at once.
 
 The gradient editors (`gradient.py`: `ft`, `ft_kl`, `until_success`) edit each model at the learning rate `tune`
-chose for it (stage `evaluate`); the others (`rome`, `memit`) edit the base model in closed form, at a setting
-chosen on validation edits (stage `editors`). Adding an editor: its module, a line in `BUILDERS`, its params
+chose for it (stage `evaluate`); the others edit the base model (stage `editors`): `rome` and `memit` in closed
+form at a setting chosen on validation edits, `mend` with the editor network trained by stage `mend`. Adding an editor: its module, a line in `BUILDERS`, its params
 section (`params.py`) and its name in `editors.names`.
 """
 
@@ -22,9 +22,11 @@ from torch import Tensor
 from editable_lm.editors import gradient
 from editable_lm.editors.gradient import FineTune
 from editable_lm.editors.memit import Memit
+from editable_lm.editors.mend import MendEditor
 from editable_lm.editors.rome import Rome, ValueParams
 from editable_lm.errors import EditLMError
 from editable_lm.locality import reference
+from editable_lm.mend import load_mend
 from editable_lm.params import Params
 from editable_lm.split_forward import Prepared, SplitForward
 
@@ -65,6 +67,7 @@ class Resources:
     loc_passages: list[dict] = field(default_factory=list)  # FT+KL's locality sample
     moments: Mapping[int, Tensor] = field(default_factory=dict)  # closed-form editors: C per block (`layer_stats`)
     contexts: tuple[str, ...] = ()  # ... and the short contexts an edit's key is averaged over
+    mend: str | None = None  # MEND: the trained editor's file (stage `mend`), for `split`'s model
 
 
 def _locality_sample(res: Resources):
@@ -84,6 +87,7 @@ BUILDERS = {
     "memit": lambda params, setting, res: Memit(
         "memit", memit_layers(params, setting["layer"]), value_params(params), setting["lambda"], res.contexts,
         {block: res.moments[block] for block in memit_layers(params, setting["layer"])}),
+    "mend": lambda params, setting, res: MendEditor("mend", load_mend(res.split, res.mend)),
 }
 
 
@@ -92,17 +96,19 @@ def gradient_names(params: Params) -> list[str]:
     return [name for name in params.editors.names if name in gradient.NAMES]
 
 
-def closed_form_names(params: Params) -> list[str]:
-    """The listed editors that edit the base model at a setting chosen on validation edits (stage `editors`)."""
+def base_editor_names(params: Params) -> list[str]:
+    """The listed editors that edit the base model, each at its setting chosen on validation edits (stage `editors`)."""
     return [name for name in params.editors.names if name not in gradient.NAMES]
 
 
 def settings(name: str, params: Params, layer: int | None) -> list[dict]:
     """The settings an editor is chosen among on validation edits: ROME's the edit layer (`rome.layers`); MEMIT's
-    its lambda (`memit.lambdas`) at the chosen edit `layer`."""
+    its lambda (`memit.lambdas`) at the chosen edit `layer`; MEND has none (its training chose them)."""
     if name == "rome":
         return [{"layer": candidate} for candidate in params.rome.layers]
-    return [{"layer": layer, "lambda": lam} for lam in params.memit.lambdas]
+    if name == "memit":
+        return [{"layer": layer, "lambda": lam} for lam in params.memit.lambdas]
+    return [{}]
 
 
 def key_contexts(val_passages: list[dict], params: Params) -> tuple[str, ...]:
@@ -116,11 +122,11 @@ def key_contexts(val_passages: list[dict], params: Params) -> tuple[str, ...]:
 
 
 def setting_name(setting: dict) -> str:
-    return ",".join(f"{key}={value:g}" for key, value in setting.items())
+    return ",".join(f"{key}={value:g}" for key, value in setting.items()) or "trained"
 
 
 def build(name: str, params: Params, setting: dict | None, resources: Resources) -> Editor:
-    """The editor `name` at `setting` (ROME's edit layer, MEMIT's lambda; None for the gradient editors)."""
+    """The editor `name` at `setting` (ROME's edit layer, MEMIT's lambda; None or {} for the others)."""
     if name not in BUILDERS:
         raise EditLMError(f"editors.names: unknown editor {name!r} (choose from {', '.join(BUILDERS)})")
     return BUILDERS[name](params, setting, resources)
