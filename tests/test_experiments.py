@@ -258,3 +258,20 @@ def test_metrics_and_plots_diff_between_two_experiments(sweep, tmp_path):
     run(["dvc", "plots", "diff", slow, fast, "-o", str(tmp_path / "plots")], sweep.repo)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert slow in page and fast in page and "loss_base" in page
+
+
+def test_a_stage_imports_its_own_checkouts_code(tmp_path):
+    """A queued experiment runs its stages in a temporary copy of the repository: there, `editable_lm` must be the
+    copy's (the experiment's code), not the workspace's that the editable install points at (checkout.pth)."""
+    copy = tmp_path / "checkout"
+    (copy / "editable_lm").mkdir(parents=True)
+    (copy / "editable_lm" / "__init__.py").write_text("WHERE = 'the copy'\n")
+    (copy / "stages").mkdir()
+    (copy / "stages" / "where.py").write_text("import editable_lm\nprint(getattr(editable_lm, 'WHERE', editable_lm.__file__))\n")
+    import sys
+
+    here = subprocess.run([sys.executable, "stages/where.py"], cwd=copy, capture_output=True, text=True, env=ENV)
+    assert here.stdout.strip() == "the copy", here.stderr
+    elsewhere = subprocess.run([sys.executable, str(copy / "stages" / "where.py")], cwd=tmp_path, capture_output=True,
+                               text=True, env=ENV)
+    assert elsewhere.stdout.strip().endswith("editable_lm/__init__.py")  # outside a checkout: the installed package

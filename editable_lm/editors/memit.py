@@ -16,6 +16,7 @@ from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from editable_lm.editors.rome import (
     ValueParams, _Probe, context_examples, edit_examples, key_positions, mean_per_pair, optimise_delta, prepare, run_to,
@@ -70,7 +71,8 @@ class Memit:
         """{projection weight: edited weight} per layer, and no gradient steps on the weights (None)."""
         layers, last = sorted(self.layers), max(self.layers)
         deltas = []
-        for pair in pairs:  # each edit's delta alone, as MEMIT computes z per request
+        # each edit's delta alone, as MEMIT computes z per request
+        for pair in tqdm(pairs, desc=f"{self.name}: values", unit="edit", leave=False, disable=len(pairs) < 2):
             prompts = edit_examples(tokenizer, [pair], self.contexts, max_len)
             contexts = context_examples(tokenizer, pair, self.contexts, max_len)
             deltas.append(optimise_delta(split.model, prompts, contexts, last, self.value))
