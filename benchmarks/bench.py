@@ -15,7 +15,7 @@
    checkpoints that differ in their top `train.outer_blocks` blocks (as the evaluation stages see them:
    on the split path they share the blocks below, `SharedLower`).
 3. The editors after ENN on the default configuration: `layer_stats`'s second moments, ROME's seconds per edit,
-   MEMIT's one update for `--edits` edits.
+   MEMIT's one update for `--edits` edits, MEND's seconds per edit and its training step beside a MAML step.
 
 Prints figures and ratios; asserts nothing. Run it on a quiet machine.
 """
@@ -221,7 +221,55 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
     memit.edit(split, tokenizer, None, pairs[:-1], params.evaluate.seq_len)
     rows.append((f"MEMIT over blocks {list(memit_layers(params, layer))}, one update of {n_edits} edits (s)",
                  time.perf_counter() - start))
-    return rows
+    return rows + mend_config(model, tokenizer, params, passages, pairs)
+
+
+def mend_config(model, tokenizer, params, passages: list[dict], pairs: list[dict], rounds: int = 5) -> list[tuple[str, float]]:
+    """MEND on the default params: seconds per edit (one editor pass), and a training step (stage `mend`) beside a
+    MAML step (stage `editable`) on the same passages and edits, each the median of `rounds` after a warm-up."""
+    from editable_lm.editors.mend import MendEditor
+    from editable_lm.mend import Mend, mend_losses
+
+    seq_len, rng = params.train.seq_len, random.Random(0)
+    names = edit_parameter_names(model, params.edit)
+    split = SplitForward(model, names)
+    mend = Mend(split, params.mend.edit_lr, params.mend.rank, params.mend.n_layers).train()
+    optimizer = torch.optim.Adam([p for p in mend.parameters() if p.requires_grad], lr=params.mend.lr)
+
+    def mend_step():
+        batch, pair = rng.sample(passages[:64], params.train.batch_size), rng.choice(pairs)
+        prepared = split.prepare_many([encode_passages(batch, tokenizer, seq_len), encode_edits([pair], tokenizer, seq_len),
+                                       encode_edits([pair], tokenizer, seq_len)])
+        losses = mend_losses(split, mend, *prepared, params.mend)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+
+    mend_seconds = median_times({"mend": mend_step}, rounds)["mend"]
+    editor = MendEditor("mend", mend.eval())
+    batches = [split.prepare(encode_edits([pair], tokenizer, seq_len)) for pair in pairs]
+    editor.edit(split, tokenizer, batches[-1], pairs[-1:], seq_len)  # warm-up
+    start = time.perf_counter()
+    for batch, pair in zip(batches[:-1], pairs[:-1]):
+        editor.edit(split, tokenizer, batch, [pair], seq_len)
+    edit_seconds = (time.perf_counter() - start) / (len(pairs) - 1)
+    # Last: the MAML step trains the model's top blocks
+    model.train()
+    trained = trainable_parameters(model, params.train, extra=names)
+    maml_optimizer = torch.optim.Adam([model.get_parameter(n) for n in trained], lr=params.train.lr)
+
+    def maml_step():
+        batch, pair = rng.sample(passages[:64], params.train.batch_size), rng.choice(pairs)
+        losses = editable_losses(split, encode_passages(batch, tokenizer, seq_len), encode_edits([pair], tokenizer, seq_len),
+                                 params.editable.inner_lr, params.editable)
+        maml_optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        maml_optimizer.step()
+
+    maml_seconds = median_times({"maml": maml_step}, rounds)["maml"]
+    return [(f"MEND, seconds per edit ({len(pairs) - 1} edits)", edit_seconds),
+            ("MEND training step (s)", mend_seconds), ("MAML step (s)", maml_seconds),
+            ("MEND training step / MAML step", mend_seconds / maml_seconds)]
 
 
 def main() -> None:
@@ -229,7 +277,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes that time part 1 (default 3)")
     parser.add_argument("--edits", type=int, default=12, help="edits timed per procedure and path (default 12)")
-    parser.add_argument("--editors-only", action="store_true", help="part 3 alone: layer_stats, ROME, MEMIT")
+    parser.add_argument("--editors-only", action="store_true", help="part 3 alone: layer_stats, ROME, MEMIT, MEND")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process of part 1: JSON out
     args = parser.parse_args()
     if args.worker:
