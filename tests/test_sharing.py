@@ -22,7 +22,8 @@ import yaml
 from smoke import ENV, SmokeRun, flat, git_commit, repro, run
 
 STORAGE = Path(".cache", "editable-lm", "dvc-storage")  # the default remote, under $HOME
-ARTIFACTS = {"base-model": "models/base", "finetuned-model": "models/finetuned", "editable-model": "models/editable"}
+ARTIFACTS = {"base-model": "models/base", "finetuned-model": "models/finetuned", "editable-model": "models/editable",
+             "mend-editor": "models/mend"}
 UP_TO_DATE = "Data and pipelines are up to date."
 BUCKET = "editable-lm"
 # Credentials of the moto server: any value works there; the tests check where they are kept.
