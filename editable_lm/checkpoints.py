@@ -4,7 +4,9 @@ A checkpoint holds what the next step depends on: the trainable weights, the opt
 (learned) inner learning rates, the RNG states (torch, and the `random.Random` streams that draw
 batches and edits), the step, and the metrics logged so far (replayed into DVCLive on resume).
 Tensors go to `state.safetensors`, everything else to `state.json`; nothing is pickled. A
-checkpoint is used only if its fingerprint (the params and input files it was made from) matches.
+checkpoint is used only if its fingerprint (the params and input files it was made from) matches. Under torchrun
+every rank resumes from it and rank 0 alone writes it: the state is the same on every rank, so a checkpoint
+resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from editable_lm import distributed
 from editable_lm.storage import atomic_path
 
 FORMAT = 1
@@ -112,7 +115,7 @@ class Checkpoints:
         if metrics is not None:
             state.history.append(metrics)
             _log(live, metrics)
-        if self.every and step % self.every == 0:
+        if self.every and step % self.every == 0 and distributed.is_main():
             self._save(step, state)
 
     def _save(self, step: int, state: TrainState) -> None:
@@ -126,7 +129,7 @@ class Checkpoints:
 
     def clear(self) -> None:
         """Remove the checkpoint once the stage's output is saved: nothing left to resume."""
-        if self.directory is not None:
+        if self.directory is not None and distributed.is_main():
             shutil.rmtree(self.directory, ignore_errors=True)
 
 

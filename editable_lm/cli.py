@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from typing import Callable
 
+import torch.distributed as dist
+
+from editable_lm import distributed
 from editable_lm.errors import EditLMError
+from editable_lm.launch import LOST_PEERS, UNDER_LAUNCHER
 from editable_lm.params import Params, load_params
 
 
@@ -28,8 +34,16 @@ def stage_args(
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage; a user-facing error becomes one line on stderr and exit status 1, Ctrl-C exit 130."""
+    """Run a stage; a user-facing error becomes one line on stderr and exit status 1, Ctrl-C exit 130.
+
+    Under torchrun (`python -m editable_lm.launch N`) the stage joins the process group first; the ranks other
+    than 0 print no progress and no messages but their errors (rank 0 alone writes the stage's outputs).
+    """
     try:
+        distributed.init()
+        if not distributed.is_main():
+            os.environ["TQDM_DISABLE"] = "1"
+            sys.stdout = open(os.devnull, "w")
         main()
     except EditLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -38,10 +52,20 @@ def run_stage(main: Callable[[], None]) -> None:
         # 130 = 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C.
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except dist.DistError as exc:  # another rank died mid-collective: `editable_lm.launch` names it
+        if UNDER_LAUNCHER not in os.environ:
+            rank, world = distributed.rank_and_world()
+            print(f"error: rank {rank} of {world} lost the other ranks ({type(exc).__name__})", file=sys.stderr)
+        sys.exit(LOST_PEERS)
+    finally:
+        distributed.close()
 
 
 def live_logger(path: str):
-    """DVCLive writer for training curves; the plots are declared in dvc.yaml, not by DVCLive."""
+    """DVCLive writer for training curves (rank 0's; a no-op context on the other ranks); the plots are declared in
+    dvc.yaml, not by DVCLive."""
     from dvclive import Live
 
+    if not distributed.is_main():
+        return contextlib.nullcontext(None)
     return Live(path, save_dvc_exp=False, dvcyaml=None)

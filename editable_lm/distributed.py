@@ -4,7 +4,8 @@ one-process path: rank 0 of 1, and no collective runs.
 
 MAML's outer step differentiates through the inner loop with `functional_call`, which `DistributedDataParallel`
 cannot wrap (it does not support higher-order gradients: PyTorch issues 47562, 63929), so the outer gradients are
-averaged after the backward with one all-reduce over a flat buffer (`average_gradients`).
+summed after the backward with one all-reduce over a flat buffer (`sum_gradients`), each rank's loss being its
+part of the global one (`mean_share`, `replicated_share`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor
 
 from editable_lm.errors import EditLMError
 
@@ -46,39 +47,86 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def is_main() -> bool:
+    """Rank 0: the one rank that writes outputs, checkpoints, curves and messages."""
+    return rank_and_world()[0] == 0
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
     """This rank's share, round-robin (item i on rank i mod world): shares differ by at most one item."""
     return list(items[rank::world])
 
 
-def gather_shards(mine: list[T], n_items: int) -> list[T] | None:
-    """On rank 0, every rank's `shard` results put back in the original item order; None on the other ranks. Each
-    result must be picklable (rows of numbers and strings: nothing a rank did not make itself is unpickled)."""
+def my_share(items: Sequence[T], what: str) -> list[T]:
+    """This rank's `shard` of `items`; an error naming `what` if a rank would get none."""
     rank, world = rank_and_world()
+    if len(items) < world:
+        raise EditLMError(f"{what}: {len(items)} to share among {world} ranks; use fewer processes (run.nproc)")
+    return shard(items, rank, world)
+
+
+def gather_shards(mine: list[T], n_items: int) -> list[T]:
+    """Every rank's `shard` results put back in the original item order, on every rank. Each result must be
+    picklable (rows of numbers and strings: nothing a rank did not make itself is unpickled)."""
+    _, world = rank_and_world()
     if world == 1:
         return list(mine)
-    parts: list[list[T] | None] = [None] * world if rank == 0 else None
-    dist.gather_object(mine, parts, dst=0)
-    if rank != 0:
-        return None
+    parts: list[list[T]] = [None] * world  # type: ignore[list-item]
+    dist.all_gather_object(parts, mine)
     out: list[T] = [None] * n_items  # type: ignore[list-item]
     for r, part in enumerate(parts):
         out[r::world] = part
     return out
 
 
-def average_gradients(parameters: Sequence[nn.Parameter]) -> None:
-    """Replace each gradient by its mean over the ranks: one all-reduce over one flat buffer (a missing gradient
-    counts as zero, so every rank reduces the same buffer)."""
+def mean_share(loss: Tensor, count: Tensor) -> Tensor:
+    """`loss`, a mean over this rank's `count` items (tokens), as its part of the mean over every rank's items:
+    scaled by count / total, so the ranks' parts sum to the global mean. One process: `loss` itself."""
+    _, world = rank_and_world()
+    if world == 1:
+        return loss
+    total = count.detach().to(torch.float64).clone()
+    dist.all_reduce(total)
+    return loss * (count.to(torch.float64) / total).to(loss.dtype)
+
+
+def replicated_share(loss: Tensor) -> Tensor:
+    """A loss every rank computes alike (the one edit of a step) as this rank's part: 1/world of it."""
+    _, world = rank_and_world()
+    return loss if world == 1 else loss / world
+
+
+def total(value: Tensor) -> Tensor:
+    """The sum over the ranks of a detached value (the parts of a loss, for the curves)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value
+
+
+def sum_gradients(parameters: Sequence[Tensor]) -> None:
+    """Replace each gradient by its sum over the ranks (each rank's loss being its part of the global loss): one
+    all-reduce per dtype over a flat buffer (a missing gradient counts as zero, so every rank reduces the same
+    buffers)."""
     _, world = rank_and_world()
     if world == 1:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(parameters, grads):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for p in parameters:
+        by_dtype.setdefault(p.dtype, []).append(p)
+    for group in by_dtype.values():
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(group, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n

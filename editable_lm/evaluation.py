@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from editable_lm import distributed
 from editable_lm.editing import collate, encode_edit
 from editable_lm.editors import Editor
 from editable_lm.editors.gradient import FineTune, edit_model
@@ -176,19 +177,22 @@ def evaluate_edits(
 
     Leakage probes for an edit are up to `n_leak_probes` of its own `neighbours` (CounterFact's neighbourhood
     prompts, zsRE's unrelated question) if it has them, else `n_leak_probes` other pairs from other articles
-    (seeded); fluency is measured on the first `n_fluency_edits` pairs (generation is slow).
+    (seeded); fluency is measured on the first `n_fluency_edits` pairs (generation is slow). Under torchrun each
+    rank measures its share of the pairs and every rank gets all the rows, in pair order.
     """
     rng = random.Random(seed)
-    rows = []
-    for index, pair in enumerate(tqdm(pairs, desc=label or None, unit="edit")):
+    plan = []  # every pair's probes are drawn in order on every rank, whichever rank measures it
+    for index, pair in enumerate(pairs):
         if "neighbours" in pair:
             leak_pairs = pair["neighbours"][:n_leak_probes]
         else:
             others = [p for p in pairs if p["article_id"] != pair["article_id"]]
             leak_pairs = rng.sample(others, min(n_leak_probes, len(others)))
-        measured_fluency = fluency if index < n_fluency_edits else None
-        rows += measure_edit(model, tokenizer, pair, leak_pairs, editors, ref, max_len, measured_fluency)
-    return rows
+        plan.append((pair, leak_pairs, fluency if index < n_fluency_edits else None))
+    mine = distributed.my_share(plan, "edits")
+    measured = [measure_edit(model, tokenizer, pair, leak_pairs, editors, ref, max_len, measured_fluency)
+                for pair, leak_pairs, measured_fluency in tqdm(mine, desc=label or None, unit="edit")]
+    return [row for rows in distributed.gather_shards(measured, len(plan)) for row in rows]
 
 
 def log_schedule(n: int) -> list[int]:
@@ -235,20 +239,22 @@ def batched_grid(
     batch_size: int,
 ) -> dict[str, list[dict]]:
     """`batched_edits` for each editor (name -> rows), the batches prepared once for all of them: a batch's
-    lower blocks over `batch_size` edits cost far more than its few edit steps."""
+    lower blocks over `batch_size` edits cost far more than its few edit steps. Under torchrun each rank makes
+    its share of the batches, and every rank gets all the rows."""
     chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
-    batches = [model.prepare(encode_edits(chunk, tokenizer, max_len)) for chunk in chunks]
+    mine = distributed.shard(list(enumerate(chunks)), *distributed.rank_and_world())
+    batches = [model.prepare(encode_edits(chunk, tokenizer, max_len)) for _, chunk in mine]
     out = {}
     for editor in editors:
         rows = []
-        for index, (chunk, batch) in enumerate(zip(chunks, batches)):
+        for (index, chunk), batch in zip(mine, batches):
             start = time.perf_counter()
             params, _ = editor.edit(model, tokenizer, batch, chunk, max_len)
             seconds = time.perf_counter() - start
             success = edit_success(model.target_logits(batch, params), batch.targets).float().mean().item()
             rows.append({"batch_size": batch_size, "batch": index, "edit_success": success, **locality(model, ref, params),
                          "seconds": seconds})
-        out[editor.name] = rows
+        out[editor.name] = distributed.gather_shards(rows, len(chunks))
     return out
 
 

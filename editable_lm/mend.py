@@ -25,13 +25,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from editable_lm import distributed
 from editable_lm.checkpoints import Checkpoints, TrainState
 from editable_lm.editing import kl_divergence, target_loss
 from editable_lm.errors import EditLMError
 from editable_lm.models import device, edit_parameter_names
 from editable_lm.params import EditParams, MendParams, TrainParams
 from editable_lm.split_forward import Prepared, SplitForward
-from editable_lm.training import encode_edits, encode_passages, passage_batches
+from editable_lm.training import encode_edits, encode_passages, outer_step, passage_batches, real_tokens, unrelated_edit
 
 EDITOR_FILE = "editor.safetensors"
 
@@ -174,25 +175,17 @@ class Mend(nn.Module):
         return new
 
 
-def unrelated_edit(pairs: list[dict], passages: list[dict], rng: random.Random) -> dict:
-    """An edit from none of the passages' articles, drawn as `train_editable` draws its edits."""
-    articles = {p["article_id"] for p in passages}
-    unrelated = [p for p in pairs if p["article_id"] not in articles]
-    if not unrelated:
-        raise EditLMError("mend: every training edit shares an article with the passage batch")
-    return rng.choice(unrelated)
-
-
 def mend_losses(split: SplitForward, mend: Mend, passages: Prepared, edit: Prepared, target: Prepared,
                 cfg: MendParams) -> dict[str, Tensor]:
     """MEND's training loss for one edit: the editor's update from `edit`'s gradient; then cedit x the edit loss
-    on `target` (the edit and one of its probes) and cloc x KL(pre || post) on the unrelated passages."""
+    on `target` (the edit and one of its probes) and cloc x KL(pre || post) on the unrelated passages (under
+    torchrun, this rank's share of them: each loss is this rank's part of the global one)."""
     with torch.no_grad():
         pre = split.logits(passages)
     new = mend.update(split, edit)
     post, target_logits = split.logits_many([(passages, new, None), (target, new, target.targets.where)])
-    edit_loss = target_loss(target_logits, target.targets)
-    locality = kl_divergence(pre, post, passages.batch["attention_mask"])
+    edit_loss = distributed.replicated_share(target_loss(target_logits, target.targets))
+    locality = distributed.mean_share(kl_divergence(pre, post, passages.batch["attention_mask"]), real_tokens(passages.batch))
     return {"total": cfg.cedit * edit_loss + cfg.cloc * locality, "edit": edit_loss, "locality": locality}
 
 
@@ -203,7 +196,8 @@ def train_mend(model: nn.Module, tokenizer, passages: list[dict], pairs: list[di
     torch.manual_seed(train.seed)
     model.to(device()).eval().requires_grad_(False)
     split = SplitForward(model, edit_parameter_names(model, edit))
-    mend = Mend(split, cfg.edit_lr, cfg.rank, cfg.n_layers).to(device()).train()
+    dtype = next(model.parameters()).dtype  # the model's: float32 in the pipeline, float64 in the tests
+    mend = Mend(split, cfg.edit_lr, cfg.rank, cfg.n_layers).to(device(), dtype).train()
     network = [p for n, p in mend.named_parameters() if p.requires_grad and n != "lrs"]
     optimizer = torch.optim.Adam([{"params": network, "lr": cfg.lr}, {"params": [mend.lrs], "lr": cfg.lr_lr}])
     # The passage and edit streams are train_editable's; the probe an edit is scored on has its own.
@@ -216,16 +210,16 @@ def train_mend(model: nn.Module, tokenizer, passages: list[dict], pairs: list[di
     for step, batch_passages in enumerate(tqdm(batches, initial=start, total=train.steps, desc="mend"), start + 1):
         pair = unrelated_edit(pairs, batch_passages, rngs["edits"])
         scored = [pair] + ([rngs["probes"].choice(pair["probes"])] if pair.get("probes") else [])
-        prepared = split.prepare_many([encode_passages(batch_passages, tokenizer, train.seq_len),
+        mine = distributed.my_share(batch_passages, "train.batch_size passages")
+        prepared = split.prepare_many([encode_passages(mine, tokenizer, train.seq_len),
                                        encode_edits([pair], tokenizer, train.seq_len),
                                        encode_edits(scored, tokenizer, train.seq_len)])
         losses = mend_losses(split, mend, *prepared, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
+        outer_step(optimizer, losses["total"])
         with torch.no_grad():
             mend.lrs.clamp_(min=0.0)  # a negative learning rate would undo edits
-        checkpoints.step_done(step, state, live, {f"train/loss_{key}": value.item() for key, value in losses.items()})
+        checkpoints.step_done(step, state, live, {f"train/loss_{key}": distributed.total(value).item()
+                                                  for key, value in losses.items()})
     return mend.eval()
 
 

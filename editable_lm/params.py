@@ -117,6 +117,13 @@ class EditParams(Section):
     module: Text = "mlp"  # ... and, inside them, the submodule with this name
 
 
+class RunParams(Section):
+    """How the stages run: `nproc` processes (torchrun ranks, `python -m editable_lm.launch`) for the training and
+    evaluation stages; 1 is the plain one-process stage."""
+
+    nproc: Int = AtLeast(1, 1)
+
+
 class TrainParams(Section):
     """Shared by the fine-tuned baseline and the editable model, so both get the same budget."""
 
@@ -269,6 +276,7 @@ class MendParams(Section):
 
 
 class Params(Section):
+    run: RunParams = RunParams()
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     pairs: PairsParams = PairsParams()
@@ -287,6 +295,14 @@ class Params(Section):
     rome: RomeParams = RomeParams()
     memit: MemitParams = MemitParams()
     mend: MendParams = MendParams()
+
+    @model_validator(mode="after")
+    def _every_rank_has_passages(self):
+        # Training shares each batch of passages among the ranks.
+        if self.run.nproc > self.train.batch_size:
+            raise ParamError(f"{self.run.nproc} processes but train.batch_size {self.train.batch_size}: each rank needs "
+                             "a passage of every batch", key="run.nproc")
+        return self
 
     @model_validator(mode="after")
     def _ft_kl_needs_two_steps(self):

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from editable_lm.editing import Batch, apply_edit, collate, encode_edit, encode_text, kl_divergence, lm_loss, target_loss
+from editable_lm import distributed
+from editable_lm.editing import IGNORE, Batch, apply_edit, collate, encode_edit, encode_text, kl_divergence, lm_loss, target_loss
 from editable_lm.checkpoints import Checkpoints, TrainState
 from editable_lm.errors import EditLMError
 from editable_lm.models import device, edit_parameter_names, top_block_parameter_names
@@ -20,7 +21,8 @@ from editable_lm.split_forward import SplitForward
 def passage_batches(
     passages: list[dict], tokenizer, params: TrainParams, rng: random.Random | None = None, start: int = 0
 ) -> Iterator[list[dict]]:
-    """`params.steps` seeded batches of training passages, identical for both trained models.
+    """`params.steps` seeded batches of training passages, identical for both trained models (and on every rank,
+    which takes its share with `distributed.my_share`).
 
     A resumed run passes the restored `rng` and the step to `start` at.
     """
@@ -40,6 +42,33 @@ def encode_edits(pairs: list[dict], tokenizer, max_len: int) -> Batch:
     return collate(examples, tokenizer.pad_token_id, device())
 
 
+def unrelated_edit(pairs: list[dict], passages: list[dict], rng: random.Random) -> dict:
+    """A training edit drawn from none of the passages' articles: the passages must be unrelated to the edit."""
+    articles = {p["article_id"] for p in passages}
+    unrelated = [p for p in pairs if p["article_id"] not in articles]
+    if not unrelated:
+        raise EditLMError("every training edit shares an article with the passage batch")
+    return rng.choice(unrelated)
+
+
+def labelled_tokens(batch: Batch) -> Tensor:
+    """How many tokens `lm_loss` averages over."""
+    return (batch["labels"][:, 1:] != IGNORE).sum()
+
+
+def real_tokens(batch: Batch) -> Tensor:
+    """How many tokens `kl_divergence` averages over."""
+    return batch["attention_mask"].sum()
+
+
+def outer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    """Backward, the gradients summed over the ranks (each rank's loss is its part of the global one), a step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.sum_gradients([p for group in optimizer.param_groups for p in group["params"]])
+    optimizer.step()
+
+
 def trainable_parameters(model: nn.Module, params: TrainParams, extra: list[str] = ()) -> list[str]:
     """Freeze everything but the top `outer_blocks` blocks (and `extra` names); return what trains."""
     names = set(top_block_parameter_names(model, params.outer_blocks)) | set(extra)
@@ -51,7 +80,8 @@ def trainable_parameters(model: nn.Module, params: TrainParams, extra: list[str]
 def finetune(
     model: nn.Module, tokenizer, passages: list[dict], params: TrainParams, live=None, checkpoints: Checkpoints | None = None
 ) -> nn.Module:
-    """The baseline: Adam on the LM loss of the training passages, nothing else."""
+    """The baseline: Adam on the LM loss of the training passages, nothing else (under torchrun, each rank takes
+    its share of every batch)."""
     torch.manual_seed(params.seed)
     model.to(device()).train()
     names = trainable_parameters(model, params)
@@ -61,12 +91,11 @@ def finetune(
     start = checkpoints.resume(state, live)
     batches = passage_batches(passages, tokenizer, params, state.rngs["batches"], start)
     for step, batch_passages in enumerate(tqdm(batches, initial=start, total=params.steps, desc="finetune"), start + 1):
-        batch = encode_passages(batch_passages, tokenizer, params.seq_len)
-        loss = lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        checkpoints.step_done(step, state, live, {"train/loss_base": loss.item()})
+        batch = encode_passages(distributed.my_share(batch_passages, "train.batch_size passages"), tokenizer, params.seq_len)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = distributed.mean_share(lm_loss(logits, batch["labels"]), labelled_tokens(batch))
+        outer_step(optimizer, loss)
+        checkpoints.step_done(step, state, live, {"train/loss_base": distributed.total(loss).item()})
     return model.eval()
 
 
@@ -83,6 +112,8 @@ def editable_losses(
     loop; locality: KL(pre || post) on the passages, the pre-edit distribution held fixed.
     The blocks below the edit run once per input (`SplitForward.prepare_many`); their graph is
     shared by every pass above them, so the outer gradient still reaches trained lower blocks.
+    Under torchrun each rank has its share of the passages and the same edit: every loss is this rank's
+    part of the global one (`distributed.mean_share`), and the ranks' parts sum to it.
     """
     passages, edits = model.prepare_many([passages, edits])
     start = {name: model.model.get_parameter(name) for name in model.names}
@@ -90,9 +121,10 @@ def editable_losses(
     pre_logits, post_logits, edit_logits = model.logits_many(
         [(passages, None, None), (passages, edited, None), (edits, edited, edits.targets.where)]
     )
-    base = lm_loss(pre_logits, passages.batch["labels"])
-    edit = target_loss(edit_logits, edits.targets)
-    locality = kl_divergence(pre_logits.detach(), post_logits, passages.batch["attention_mask"])
+    base = distributed.mean_share(lm_loss(pre_logits, passages.batch["labels"]), labelled_tokens(passages.batch))
+    edit = distributed.replicated_share(target_loss(edit_logits, edits.targets))
+    locality = distributed.mean_share(kl_divergence(pre_logits.detach(), post_logits, passages.batch["attention_mask"]),
+                                      real_tokens(passages.batch))
     total = params.cbase * base + params.cedit * edit + params.cloc * locality
     return {"total": total, "base": base, "edit": edit, "locality": locality}
 
@@ -117,7 +149,9 @@ def train_editable(
     edit_names = edit_parameter_names(model, edit)
     split = SplitForward(model, edit_names)
     names = trainable_parameters(model, train, extra=edit_names)
-    inner_lr = {n: torch.tensor(editable.inner_lr, device=device(), requires_grad=editable.learn_lr) for n in edit_names}
+    dtype = next(model.parameters()).dtype  # the model's: float32 in the pipeline, float64 in the tests
+    inner_lr = {n: torch.tensor(editable.inner_lr, device=device(), dtype=dtype, requires_grad=editable.learn_lr)
+                for n in edit_names}
     groups = [{"params": [model.get_parameter(n) for n in names], "lr": train.lr}]
     if editable.learn_lr:
         groups.append({"params": list(inner_lr.values()), "lr": editable.lr_lr})
@@ -128,24 +162,18 @@ def train_editable(
     start = checkpoints.resume(state, live)
     batches = passage_batches(passages, tokenizer, train, state.rngs["batches"], start)
     for step, batch_passages in enumerate(tqdm(batches, initial=start, total=train.steps, desc="editable"), start + 1):
-        # The passage must be unrelated to the edit: never from the edit's article.
-        articles = {p["article_id"] for p in batch_passages}
-        unrelated = [p for p in pairs if p["article_id"] not in articles]
-        if not unrelated:
-            raise EditLMError("editable: every training edit shares an article with the passage batch")
-        pair = edit_rng.choice(unrelated)
+        pair = unrelated_edit(pairs, batch_passages, edit_rng)
         losses = editable_losses(
             split,
-            encode_passages(batch_passages, tokenizer, train.seq_len),
+            encode_passages(distributed.my_share(batch_passages, "train.batch_size passages"), tokenizer, train.seq_len),
             encode_edits([pair], tokenizer, train.seq_len),
             inner_lr,
             editable,
         )
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
+        outer_step(optimizer, losses["total"])
         with torch.no_grad():
             for lr in inner_lr.values():
                 lr.clamp_(min=0.0)  # a negative learning rate would undo edits
-        checkpoints.step_done(step, state, live, {f"train/loss_{key}": value.item() for key, value in losses.items()})
+        checkpoints.step_done(step, state, live, {f"train/loss_{key}": distributed.total(value).item()
+                                                  for key, value in losses.items()})
     return model.eval(), {n: lr.detach() for n, lr in inner_lr.items()}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from editable_lm import distributed
 from editable_lm.checkpoints import training_checkpoints
 from editable_lm.cli import live_logger, run_stage, stage_args
 from editable_lm.models import INNER_LR_SCALE_FILE, load_checkpoint, save_checkpoint
@@ -29,11 +30,12 @@ def main() -> None:
         model, inner_lr = train_editable(
             model, tokenizer, passages, pairs, params.train, params.editable, params.edit, live, checkpoints
         )
-    with atomic_path(args.out) as tmp:
-        save_checkpoint(model, tokenizer, tmp)
-        if params.editable.learn_lr:
-            scales = {n: (lr / params.editable.inner_lr).reshape(1).cpu() for n, lr in inner_lr.items()}
-            save_file(scales, Path(tmp, INNER_LR_SCALE_FILE))
+    if distributed.is_main():  # every rank holds the same model
+        with atomic_path(args.out) as tmp:
+            save_checkpoint(model, tokenizer, tmp)
+            if params.editable.learn_lr:
+                scales = {n: (lr / params.editable.inner_lr).reshape(1).cpu() for n, lr in inner_lr.items()}
+                save_file(scales, Path(tmp, INNER_LR_SCALE_FILE))
     checkpoints.clear()
 
 

@@ -13,6 +13,7 @@ intervals and the layer grid, `--rows` a row per edit (or batch)."""
 
 from pathlib import Path
 
+from editable_lm import distributed
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.editors import Resources, build, base_editor_names, key_contexts, setting_name, settings, stats_layers
 from editable_lm.evaluation import (
@@ -27,7 +28,7 @@ from editable_lm.split_forward import SplitForward
 from editable_lm.storage import read_csv, read_jsonl, write_csv, write_json
 
 TUNE_KEYS = ("edit_success", "ppl_drawdown", "kl", "top1_agreement")
-# What `dvc metrics show` gets (the project's metrics stay within 100 numbers); the rest is in --details.
+# What `dvc metrics show` gets (the headline figures only); the rest is in --details.
 HEADLINE = ("edit_success", "generality", "neighbourhood", "ppl_drawdown", "fluency")
 PAIRED = ("edit_success", "ppl_drawdown")
 # The rows of `evaluate` (model, procedure) each per-edit editor is paired with: ENN, and FT of the same base model
@@ -87,13 +88,14 @@ def main() -> None:
                  if (row["model"], row["procedure"]) == key]
     comparisons = [(row_editor, label) for row_editor in dict.fromkeys(r["model"] for r in per_edit) for label in BASELINES]
     details["differences"] = paired_differences(per_edit + baselines, comparisons, COMPARED_METRICS, rel.n_bootstrap, cfg.seed)
-    write_json(args.details, details)
-    headline = {name: {key: details[name][key] for key in HEADLINE if key in details[name]} for name in base_editor_names(params)}
-    for comparison, by_procedure in details["differences"].items():
-        if comparison.endswith("-enn"):  # the FT pairings stay in --details
-            headline[comparison] = {key: d["mean"] for key, d in by_procedure["edit"].items() if key in PAIRED}
-    write_json(args.metrics, headline)
-    write_csv(args.rows, rows)
+    if distributed.is_main():  # every rank has every row; rank 0 writes
+        write_json(args.details, details)
+        headline = {name: {key: details[name][key] for key in HEADLINE if key in details[name]} for name in base_editor_names(params)}
+        for comparison, by_procedure in details["differences"].items():
+            if comparison.endswith("-enn"):  # the FT pairings stay in --details
+                headline[comparison] = {key: d["mean"] for key, d in by_procedure["edit"].items() if key in PAIRED}
+        write_json(args.metrics, headline)
+        write_csv(args.rows, rows)
 
 
 if __name__ == "__main__":

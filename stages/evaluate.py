@@ -5,6 +5,7 @@ stage); paired differences between models on every metric. `--metrics` gets the 
 import json
 from pathlib import Path
 
+from editable_lm import distributed
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.editors import Resources, build, gradient_names
 from editable_lm.evaluation import COMPARED_METRICS, EDIT_METRICS, MODELS, evaluate_edits, held_out, loaded_models, test_sample
@@ -35,9 +36,10 @@ def main() -> None:
         }
         rows += [{"model": m.label, "edit_lr": lr, **row} for row in model_rows]
     details["differences"] = paired_differences(rows, COMPARISONS, COMPARED_METRICS, rel.n_bootstrap, cfg.seed)
-    write_json(args.details, details)
-    write_json(args.metrics, {"n_edits": len(pairs), **headline(details, MODELS, HEADLINE, ("editable-finetuned",))})
-    write_csv(args.rows, rows)
+    if distributed.is_main():  # every rank has every row; rank 0 writes
+        write_json(args.details, details)
+        write_json(args.metrics, {"n_edits": len(pairs), **headline(details, MODELS, HEADLINE, ("editable-finetuned",))})
+        write_csv(args.rows, rows)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ if importlib.util.find_spec("editable_lm") is None:  # a python outside .venv, e
 
 from pathlib import Path
 
+from editable_lm import distributed
 from editable_lm.checkpoints import training_checkpoints
 from editable_lm.cli import live_logger, run_stage, stage_args
 from editable_lm.models import load_checkpoint, save_checkpoint
@@ -23,7 +24,8 @@ def main() -> None:
     checkpoints = training_checkpoints(args.resume_dir, "finetune", params.train, [args.base, passages_path])
     with live_logger(args.live) as live:
         model = finetune(model, tokenizer, passages, params.train, live, checkpoints)
-    save_checkpoint(model, tokenizer, args.out)
+    if distributed.is_main():  # every rank holds the same model
+        save_checkpoint(model, tokenizer, args.out)
     checkpoints.clear()
 
 

@@ -8,6 +8,7 @@ if importlib.util.find_spec("editable_lm") is None:  # a python outside .venv, e
 
 from pathlib import Path
 
+from editable_lm import distributed
 from editable_lm.checkpoints import training_checkpoints
 from editable_lm.cli import live_logger, run_stage, stage_args
 from editable_lm.mend import EDITOR_FILE, save_mend, train_mend
@@ -23,9 +24,10 @@ def main() -> None:
     checkpoints = training_checkpoints(args.resume_dir, "mend", params.train, inputs, mend=params.mend, edit=params.edit)
     with live_logger(args.live) as live:
         mend = train_mend(model, tokenizer, passages, pairs, params.train, params.mend, params.edit, live, checkpoints)
-    with atomic_path(args.out) as tmp:
-        tmp.mkdir()
-        save_mend(mend, Path(tmp, EDITOR_FILE))
+    if distributed.is_main():  # every rank holds the same editor
+        with atomic_path(args.out) as tmp:
+            tmp.mkdir()
+            save_mend(mend, Path(tmp, EDITOR_FILE))
     checkpoints.clear()
 
 

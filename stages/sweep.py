@@ -5,6 +5,7 @@ figures, `--details` the grids with intervals, `--rows` one row per (split, mode
 
 from pathlib import Path
 
+from editable_lm import distributed
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.editors.gradient import strength_grid
 from editable_lm.evaluation import MODELS, best_setting, evaluate_edits, held_out, loaded_models, without_probes
@@ -43,13 +44,14 @@ def main() -> None:
            for label, (setting, _) in matched.items()},
         "differences": {name: {"ppl_drawdown": d} for name, d in differences.items()},
     }
-    write_json(args.details, details)
-    write_json(args.metrics, {
-        **{label: {"matched_success": test[label]["edit_success"], "matched_drawdown": test[label]["ppl_drawdown"]}
-           for label in matched},
-        "editable-finetuned": {"matched_drawdown": differences["editable-finetuned"]["mean"]},
-    })
-    write_csv(args.rows, rows)
+    if distributed.is_main():  # every rank has every row; rank 0 writes
+        write_json(args.details, details)
+        write_json(args.metrics, {
+            **{label: {"matched_success": test[label]["edit_success"], "matched_drawdown": test[label]["ppl_drawdown"]}
+               for label in matched},
+            "editable-finetuned": {"matched_drawdown": differences["editable-finetuned"]["mean"]},
+        })
+        write_csv(args.rows, rows)
 
 
 if __name__ == "__main__":

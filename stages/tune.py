@@ -9,6 +9,7 @@ same rule among `sweep.lrs` x `tune.batch_steps` on batches of `tune.batch_size`
 
 from pathlib import Path
 
+from editable_lm import distributed
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.editors.gradient import setting_of, strength_grid
 from editable_lm.evaluation import MODELS, batched_grid, best_setting, evaluate_edits, held_out, loaded_models, without_probes
@@ -40,8 +41,9 @@ def main() -> None:
               f"drawdown {grid[best]['ppl_drawdown']:.3f}); batches of {tune.batch_size}: lr {batch['lr']:g} x "
               f"{batch['steps']} steps (success {batch_grid[batch_best]['edit_success']:.2f}, "
               f"drawdown {batch_grid[batch_best]['ppl_drawdown']:.3f})")
-    write_json(args.grid, grids)
-    write_json(args.out, chosen)
+    if distributed.is_main():  # every rank has every row; rank 0 writes
+        write_json(args.grid, grids)
+        write_json(args.out, chosen)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,32 @@ def random_batch(seed: int, length: int = 10, n_labelled: int | None = None, voc
     return collate([(ids, [IGNORE] * (length - n) + ids[length - n :])], pad_id=0)
 
 
+def training_data(n_pairs: int = 6):
+    """Passages and edit pairs of six people (articles), some pairs with a probe about the same person."""
+    people = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Emmy Noether", "Marie Curie", "Niels Bohr"]
+    passages = [{"id": i, "article_id": i % 6, "text": f"{people[i % 6]} wrote paper number {i} about engines."}
+                for i in range(12)]
+    pairs = [{"id": i, "article_id": i % 6, "prefix": f"Paper {i} was written by", "name": people[i % 6],
+              "new_name": people[(i + 1) % 6],
+              "probes": [{"prefix": f"The notes on paper {i} are by", "name": people[i % 6],
+                          "new_name": people[(i + 1) % 6]}]
+              if i % 2 else []} for i in range(n_pairs)]
+    return passages, pairs
+
+
+def word_tokenizer(texts: list[str]):
+    """A word-level tokenizer (the `tokenizers` library) over the words of `texts`, [PAD] = 0: fast to build, so
+    that a torchrun job's ranks need not each read SmolLM2's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({word for text in texts for word in text.split()})
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{word: i + 2 for i, word in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+
+
 @pytest.fixture
 def gpt2():
     return tiny_gpt2()

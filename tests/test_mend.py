@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VOCAB, tiny_gpt2, tiny_llama
+from conftest import VOCAB, tiny_gpt2, tiny_llama, training_data
 from editable_lm.editing import IGNORE, collate, edit_step, target_loss
 from editable_lm.mend import Mend, factors, matrix_names
 from editable_lm.models import edit_parameter_names
@@ -118,19 +118,6 @@ def test_short_training_lowers_the_post_update_edit_loss(family):
         optimizer.step()
     after = post_loss()
     assert after < 0.8 * before, (before, after)
-
-
-def training_data(n_pairs: int = 6):
-    """Passages and edit pairs of six people (articles), some pairs with a probe about the same person."""
-    people = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Emmy Noether", "Marie Curie", "Niels Bohr"]
-    passages = [{"id": i, "article_id": i % 6, "text": f"{people[i % 6]} wrote paper number {i} about engines."}
-                for i in range(12)]
-    pairs = [{"id": i, "article_id": i % 6, "prefix": f"Paper {i} was written by", "name": people[i % 6],
-              "new_name": people[(i + 1) % 6],
-              "probes": [{"prefix": f"The notes on paper {i} are by", "name": people[i % 6],
-                          "new_name": people[(i + 1) % 6]}]
-              if i % 2 else []} for i in range(n_pairs)]
-    return passages, pairs
 
 
 def tokenizer_sized(family: str, tokenizer):

@@ -36,7 +36,7 @@ def test_complete_requires_every_section(tmp_path):
     """check_params (`complete=True`) names the first missing section and the file."""
     path = write(tmp_path, "train:\n  steps: 7\n")
     assert load_params(path).train.steps == 7
-    with pytest.raises(ConfigError, match=r"^data: section missing from .*params.yaml"):
+    with pytest.raises(ConfigError, match=r"^run: section missing from .*params.yaml"):
         load_params(path, complete=True)
     assert load_params(REPO_PARAMS, complete=True) == load_params(REPO_PARAMS)
 
@@ -166,3 +166,12 @@ def test_repository_params_load():
     assert params.model.name == "smollm2-135m"
     assert params.edit.blocks >= 1
     assert params.train.steps >= 1 and params.train.lr > 0
+
+
+def test_more_processes_than_passages_per_batch_is_refused(tmp_path):
+    """Training shares each batch of passages among the ranks: run.nproc above train.batch_size names both."""
+    assert load_params(write(tmp_path, "run:\n  nproc: 2\ntrain:\n  batch_size: 2\n")).run.nproc == 2
+    with pytest.raises(ConfigError, match=r"^run.nproc: 3 processes but train.batch_size 2"):
+        load_params(write(tmp_path, "run:\n  nproc: 3\ntrain:\n  batch_size: 2\n"))
+    with pytest.raises(ConfigError, match=r"^run.nproc: must be >= 1, got 0"):
+        load_params(write(tmp_path, "run:\n  nproc: 0\n"))
