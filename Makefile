@@ -22,8 +22,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml checkout.pth
 repro: venv
 	dvc repro
 
+# Two pytest-xdist workers, a test file each at a time: most tests are one-threaded (subprocesses, tiny models).
 test: venv
-	python -m pytest -q
+	python -m pytest -q -n 2 --dist loadfile
 
 # Speed figures (README, "Speed"): run on a quiet machine.
 bench: venv

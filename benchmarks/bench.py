@@ -1,6 +1,6 @@
 """Speed of a MAML step and of edit evaluation: the split forward against the full model and `higher`.
 
-    make bench            # or: python benchmarks/bench.py [--rounds 5] [--edits 12] [--editors-only]
+    make bench            # or: python benchmarks/bench.py [--rounds 5] [--edits 12] [--editors-only] [--sharded-only]
 
 1. A GPT-2 of distilGPT-2's shape (6 layers, 768 dims, 12 heads, vocab 50257, random weights,
    eager attention): passages 1x128, an edit 1x40 with 4 labelled tokens, the inner loop over
@@ -16,6 +16,9 @@
    on the split path they share the blocks below, `SharedLower`).
 3. The editors after ENN on the default configuration: `layer_stats`'s second moments, ROME's seconds per edit,
    MEMIT's one update for `--edits` edits, MEND's seconds per edit and its training step beside a MAML step.
+4. Evaluation sharded by edit (`python -m editable_lm.launch N`, torchrun ranks of 1 thread each): the default
+   configuration's gradient editors on `--shard-edits` edits of the base model, edits a minute on 1 and on 2
+   processes (from the first rank's start to the last rank's rows, gathered), and the ratio.
 
 Prints figures and ratios; asserts nothing. Run it on a quiet machine.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -272,20 +276,69 @@ def mend_config(model, tokenizer, params, passages: list[dict], pairs: list[dict
             ("MEND training step / MAML step", mend_seconds / maml_seconds)]
 
 
+def sharded_worker(n_edits: int) -> None:
+    """Part 4, one rank: the gradient editors on `n_edits` edits, this rank's share; rank 0 prints the seconds from
+    the barrier before the first edit to the rows gathered from every rank."""
+    from editable_lm import distributed
+
+    distributed.init()
+    params = load_params("params.yaml")
+    model, tokenizer = build_base_model(params.model.name)
+    model.eval().requires_grad_(False)
+    cfg, rel = params.evaluate, params.reliability
+    passages = load_passages(params.data)
+    rng = random.Random(0)
+    train_passages, eval_passages = rng.sample(passages, 64), rng.sample(passages, cfg.n_ppl_passages)
+    pairs = synthetic_pairs(passages, n_edits + 2)
+    forward = SplitForward(model, edit_parameter_names(model, params.edit))
+    ref = reference(forward, tokenizer, eval_passages, cfg.seq_len)
+    resources = Resources(forward, tokenizer, cfg.seq_len, cfg.edit_lr, train_passages[: params.ft_kl.n_loc_passages])
+    procs = [build(name, params, None, resources) for name in gradient_names(params)]
+    evaluate_edits(forward, tokenizer, pairs[-2:], procs, ref, cfg.seq_len, rel.n_leak_probes)  # warm-up, 1 each
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    start = time.perf_counter()
+    rows = evaluate_edits(forward, tokenizer, pairs[:n_edits], procs, ref, cfg.seq_len, rel.n_leak_probes)
+    seconds = time.perf_counter() - start
+    if distributed.is_main():
+        print(json.dumps({"seconds": seconds, "rows": len(rows)}))
+    distributed.close()
+
+
+def sharded_config(n_edits: int) -> list[tuple[str, float]]:
+    """Part 4: edits a minute of sharded evaluation on 1 and 2 processes of 1 thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rates = {}
+    for nproc in (1, 2):
+        command = [sys.executable, "-m", "editable_lm.launch", str(nproc), __file__, "--sharded-worker",
+                   "--shard-edits", str(n_edits)]
+        run = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+        rates[nproc] = 60 * n_edits / json.loads(run.stdout.splitlines()[-1])["seconds"]
+    return [("edits a minute, 1 process x 1 thread", rates[1]), ("edits a minute, 2 processes x 1 thread", rates[2]),
+            ("2 processes / 1 process", rates[2] / rates[1])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up (default 5)")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes that time part 1 (default 3)")
     parser.add_argument("--edits", type=int, default=12, help="edits timed per procedure and path (default 12)")
     parser.add_argument("--editors-only", action="store_true", help="part 3 alone: layer_stats, ROME, MEMIT, MEND")
+    parser.add_argument("--sharded-only", action="store_true", help="part 4 alone: evaluation on 1 and 2 processes")
+    parser.add_argument("--shard-edits", type=int, default=24, help="edits of part 4 (default 24)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process of part 1: JSON out
+    parser.add_argument("--sharded-worker", action="store_true", help=argparse.SUPPRESS)  # one rank of part 4
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(median_times(distilgpt2_steps(), args.rounds)))
         return
+    if args.sharded_worker:
+        return sharded_worker(args.shard_edits)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.editors_only:
         return print_editors(args.edits)
+    if args.sharded_only:
+        return print_sharded(args.shard_edits)
 
     runs = distilgpt2_in_processes(args.rounds, args.processes)
     print(f"\n## distilGPT-2 shape (seconds per step: median over {len(runs)} processes of each one's median)\n")
@@ -302,6 +355,13 @@ def main() -> None:
         print(f"| {name} | {split:.2f} | {full:.2f} | {split / full:.2f} |")
 
     print_editors(args.edits)
+    print_sharded(args.shard_edits)
+
+
+def print_sharded(n_edits: int) -> None:
+    print(f"\n## Evaluation sharded by edit ({n_edits} edits, gradient editors, base model)\n\n| figure | value |\n|---|---|")
+    for name, value in sharded_config(n_edits):
+        print(f"| {name} | {value:.2f} |")
 
 
 def print_editors(n_edits: int) -> None:

@@ -196,8 +196,9 @@ def train_mend(model: nn.Module, tokenizer, passages: list[dict], pairs: list[di
     torch.manual_seed(train.seed)
     model.to(device()).eval().requires_grad_(False)
     split = SplitForward(model, edit_parameter_names(model, edit))
-    dtype = next(model.parameters()).dtype  # the model's: float32 in the pipeline, float64 in the tests
-    mend = Mend(split, cfg.edit_lr, cfg.rank, cfg.n_layers).to(device(), dtype).train()
+    mend = Mend(split, cfg.edit_lr, cfg.rank, cfg.n_layers).to(device()).train()
+    if next(model.parameters()).dtype == torch.float64:  # an oracle run (tests): the network in float64 too
+        mend.double()  # (its running statistics are float64 already)
     network = [p for n, p in mend.named_parameters() if p.requires_grad and n != "lrs"]
     optimizer = torch.optim.Adam([{"params": network, "lr": cfg.lr}, {"params": [mend.lrs], "lr": cfg.lr_lr}])
     # The passage and edit streams are train_editable's; the probe an edit is scored on has its own.

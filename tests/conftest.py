@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from filelock import FileLock
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from editable_lm.editing import IGNORE, collate
@@ -94,6 +97,17 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> SmokeRun:
-    """The smoke configuration reproduced once (`dvc repro`) and committed; modules work on copies."""
-    return reproduce_smoke_repo(build_smoke_repo(tmp_path_factory.mktemp("smoke") / "editable-lm"))
+def smoke_run(tmp_path_factory, request) -> SmokeRun:
+    """The smoke configuration reproduced once (`dvc repro`) and committed; modules work on copies. Under
+    pytest-xdist (`make test` runs 2 workers) the first worker to need it builds it, under a file lock in the
+    directory the workers share, and the others reuse it."""
+    if not hasattr(request.config, "workerinput"):  # one process: no xdist
+        return reproduce_smoke_repo(build_smoke_repo(tmp_path_factory.mktemp("smoke") / "editable-lm"))
+    shared = tmp_path_factory.getbasetemp().parent
+    with FileLock(str(shared / "smoke.lock")):
+        done = shared / "smoke-ran.json"
+        if done.is_file():
+            return SmokeRun(shared / "smoke" / "editable-lm", set(json.loads(done.read_text())))
+        run = reproduce_smoke_repo(build_smoke_repo(shared / "smoke" / "editable-lm"))
+        done.write_text(json.dumps(sorted(run.ran)))
+        return run
