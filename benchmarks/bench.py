@@ -310,7 +310,7 @@ def sharded_config(n_edits: int) -> list[tuple[str, float]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rates = {}
     for nproc in (1, 2):
-        command = [sys.executable, "-m", "editable_lm.launch", str(nproc), __file__, "--sharded-worker",
+        command = [sys.executable, "-m", "editable_lm.launch", "--nproc", str(nproc), __file__, "--sharded-worker",
                    "--shard-edits", str(n_edits)]
         run = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
         rates[nproc] = 60 * n_edits / json.loads(run.stdout.splitlines()[-1])["seconds"]

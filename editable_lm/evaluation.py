@@ -189,7 +189,7 @@ def evaluate_edits(
             others = [p for p in pairs if p["article_id"] != pair["article_id"]]
             leak_pairs = rng.sample(others, min(n_leak_probes, len(others)))
         plan.append((pair, leak_pairs, fluency if index < n_fluency_edits else None))
-    mine = distributed.my_share(plan, "edits")
+    mine = distributed.shard(plan, *distributed.rank_and_world())  # a rank may have none: more ranks than edits
     measured = [measure_edit(model, tokenizer, pair, leak_pairs, editors, ref, max_len, measured_fluency)
                 for pair, leak_pairs, measured_fluency in tqdm(mine, desc=label or None, unit="edit")]
     return [row for rows in distributed.gather_shards(measured, len(plan)) for row in rows]

@@ -1,6 +1,8 @@
-"""Run a stage script on N processes of this machine: `python -m editable_lm.launch N SCRIPT [ARGS...]`.
+"""Run a stage script on N processes of this machine: `python -m editable_lm.launch [--nproc N] SCRIPT [ARGS...]`.
 
-N = 1 is the plain one-process stage (`python SCRIPT ARGS`, replaced in place: nothing else runs). N > 1 starts
+N is `run.nproc` of the stage's params file (its `--params`, default params.yaml) unless `--nproc` gives it; dvc.yaml
+lists `run.nproc` among the stage's params rather than interpolating it into the command, so that a broken params
+file still fails in `check_params` with its own one-line error. N = 1 is the plain one-process stage (`python SCRIPT ARGS`, replaced in place: nothing else runs). N > 1 starts
 N ranks with torchrun's machinery (`torch.distributed.run`, a standalone rendezvous on localhost, no restarts),
 each with its share of the machine's threads unless OMP_NUM_THREADS is set. If a rank fails, the others are
 stopped and one line names it; rank 0 writes the outputs only at the very end, so nothing is half-written.
@@ -17,7 +19,7 @@ import uuid
 
 LOST_PEERS = 3  # the status of a rank whose peers died mid-collective (`cli.run_stage`): not the cause
 UNDER_LAUNCHER = "EDITABLE_LM_LAUNCHER"  # set for the ranks: this launcher reports lost peers, not each rank
-USAGE = "usage: python -m editable_lm.launch N SCRIPT [ARGS...]  (N: processes, run.nproc)"
+USAGE = "usage: python -m editable_lm.launch [--nproc N] SCRIPT [ARGS...]  (N: processes; default run.nproc of --params)"
 
 
 def threads_per_rank(nproc: int) -> int:
@@ -51,15 +53,37 @@ def failure_line(failures: dict[int, object], nproc: int) -> str | None:
     return f"error: rank {rank} of {nproc} {how}; the other ranks were stopped and no output was written"
 
 
+def process_count(args: list[str]) -> int:
+    """`run.nproc` of the params file the stage is given (`--params PATH`, default params.yaml)."""
+    from editable_lm.params import load_params
+
+    path = next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--params"), "params.yaml")
+    return load_params(path).run.nproc
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
+    nproc = None
+    if argv[:1] == ["--nproc"]:
+        if len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) < 1:
+            print(USAGE, file=sys.stderr)
+            return 2
+        nproc, argv = int(argv[1]), argv[2:]
+    if not argv or argv[0].startswith("-"):
         print(USAGE, file=sys.stderr)
         return 2
-    nproc, script = int(argv[0]), argv[1]
+    script, args = argv[0], argv[1:]
     if not os.path.isfile(script):
         print(f"error: {script}: no such stage script", file=sys.stderr)
         return 2
-    command = [sys.executable, script, *argv[2:]]
+    if nproc is None:
+        from editable_lm.errors import EditLMError
+
+        try:
+            nproc = process_count(args)
+        except EditLMError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    command = [sys.executable, script, *args]
     if nproc == 1:
         os.execv(sys.executable, command)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -34,6 +34,7 @@ from editable_lm.params import EditParams, MendParams, TrainParams
 from editable_lm.split_forward import Prepared, SplitForward
 from editable_lm.training import encode_edits, encode_passages, outer_step, passage_batches, real_tokens, unrelated_edit
 
+BUILD_KEY = "mend"  # the metadata key of the build (weight names, rank, depth) in an editor file
 EDITOR_FILE = "editor.safetensors"
 
 
@@ -227,8 +228,10 @@ def train_mend(model: nn.Module, tokenizer, passages: list[dict], pairs: list[di
 def save_mend(mend: Mend, path: str | Path) -> None:
     """The editor's weights and running statistics, with what it was built with as the file's metadata."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in mend.state_dict().items()}
-    save_file(tensors, Path(path), metadata={"names": json.dumps(mend.names), "rank": str(mend.rank),
-                                             "n_layers": str(mend.n_layers)})
+    # One metadata key: safetensors writes its metadata map in hash order, which changes from run to run, and the
+    # file's bytes (and so its DVC hash) with it; one sorted JSON string keeps them fixed.
+    build = json.dumps({"names": mend.names, "rank": mend.rank, "n_layers": mend.n_layers}, sort_keys=True)
+    save_file(tensors, Path(path), metadata={BUILD_KEY: build})
 
 
 def load_mend(split: SplitForward, path: str | Path) -> Mend:
@@ -240,10 +243,13 @@ def load_mend(split: SplitForward, path: str | Path) -> Mend:
         tensors = load_file(path)
     except (OSError, SafetensorError) as exc:
         raise EditLMError(f"{path}: not a MEND editor file ({exc}); run `dvc repro mend`") from exc
-    names = json.loads(meta.get("names", "[]"))
+    if BUILD_KEY not in meta:
+        raise EditLMError(f"{path}: no MEND build in its metadata (an older or other file); run `dvc repro mend`")
+    build = json.loads(meta[BUILD_KEY])
+    names = build["names"]
     if names != matrix_names(split):
         raise EditLMError(f"{path}: trained for weights {names[:2]}..., this model edits {matrix_names(split)[:2]}...; "
                           "rerun `dvc repro mend` with this model and edit params")
-    mend = Mend(split, 0.0, int(meta["rank"]), int(meta["n_layers"]))
+    mend = Mend(split, 0.0, build["rank"], build["n_layers"])
     mend.load_state_dict(tensors, assign=True)  # the saved dtypes (float64 statistics) stay
     return mend.to(device()).eval()

@@ -97,6 +97,6 @@ def gathered_rows(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    job, out, *args = sys.argv[1:]
+    job, out, *args = [arg for i, arg in enumerate(sys.argv[1:]) if "--params" not in sys.argv[i : i + 2]]
     torch.use_deterministic_algorithms(True)
     run_stage(lambda: {"train": train, "evaluate": evaluate, "die": die, "rows": gathered_rows}[job](Path(out), *args))

@@ -22,7 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def launch(nproc: int, job: str, out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """The job on `nproc` processes through the pipeline's launcher (`python -m editable_lm.launch`, as dvc.yaml)."""
-    cmd = [sys.executable, "-m", "editable_lm.launch", str(nproc), str(WORKER), job, str(out), *args]
+    cmd = [sys.executable, "-m", "editable_lm.launch", "--nproc", str(nproc), str(WORKER), job, str(out), *args]
     result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -102,11 +102,22 @@ def test_a_rank_that_dies_ends_the_job_with_one_line_and_no_output(tmp_path):
     assert not (tmp_path / "rows.json").exists()
 
 
-def test_the_launcher_refuses_a_bad_process_count(tmp_path):
-    for bad in ("0", "two"):
-        result = subprocess.run([sys.executable, "-m", "editable_lm.launch", bad, str(WORKER)], env=ENV,
-                                capture_output=True, text=True, cwd=ROOT)
-        assert result.returncode == 2 and result.stderr.startswith("usage: python -m editable_lm.launch N SCRIPT")
+def test_the_launcher_refuses_a_bad_process_count_and_reads_run_nproc(tmp_path):
+    """`--nproc` must be a count; without it the launcher takes `run.nproc` of the script's `--params` (a bad params
+    file: its one-line error), as dvc.yaml's stage commands do."""
+    def launcher(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "editable_lm.launch", *args], env=ENV, capture_output=True,
+                              text=True, cwd=ROOT)
+
+    for bad in (["--nproc", "0", str(WORKER)], ["--nproc", "two", str(WORKER)], ["--nproc", "2"]):
+        result = launcher(*bad)
+        assert result.returncode == 2 and result.stderr.startswith("usage: python -m editable_lm.launch [--nproc N]")
+    (tmp_path / "params.yaml").write_text("run:\n  nproc: 2\ntrain:\n  batch_size: 4\n")
+    launcher(str(WORKER), "rows", str(tmp_path), "--params", str(tmp_path / "params.yaml"))
+    assert [row["rank"] for row in json.loads((tmp_path / "rows-2.json").read_text())] == [0, 1, 0, 1, 0, 1, 0]
+    (tmp_path / "params.yaml").write_text("run:\n  nproc: 0\n")
+    result = launcher(str(WORKER), "rows", str(tmp_path), "--params", str(tmp_path / "params.yaml"))
+    assert (result.returncode, result.stderr) == (1, "error: run.nproc: must be >= 1, got 0\n")
 
 
 def test_the_evaluate_stage_on_two_ranks_writes_the_one_process_outputs(smoke_run, tmp_path):
@@ -118,7 +129,7 @@ def test_the_evaluate_stage_on_two_ranks_writes_the_one_process_outputs(smoke_ru
     inputs = ["--split", "data/split", "--tuned", "metrics/tune.json", "--base", "models/base",
               "--finetuned", "models/finetuned", "--editable", "models/editable"]
     outputs = ["--metrics", "two/evaluate.json", "--details", "two/details.json", "--rows", "two/rows.csv"]
-    run([sys.executable, "-m", "editable_lm.launch", "2", "stages/evaluate.py", *inputs, *outputs], repo)
+    run([sys.executable, "-m", "editable_lm.launch", "--nproc", "2", "stages/evaluate.py", *inputs, *outputs], repo)
     assert json.loads((repo / "two/evaluate.json").read_text()) == json.loads((repo / "metrics/evaluate.json").read_text())
 
     def rows(path: Path) -> list[dict]:

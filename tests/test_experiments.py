@@ -48,7 +48,7 @@ OTHER_VALUES = {
     "edit.module": ("attn",),  # GPT-2's attention: transformer.h.N.attn.c_attn / c_proj
     "train.steps": (2, 3),
     "train.lr": (1e-4, 1e-3),
-    "train.batch_size": (1, 2),
+    "train.batch_size": (3, 2),  # run.nproc becomes 2: each rank needs a passage of every batch
     "train.seq_len": (24, 32),
     "train.outer_blocks": (2, 3),
     "editable.inner_steps": (1, 2),

@@ -4,6 +4,10 @@ post-update edit loss."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -182,6 +186,39 @@ def test_saved_editor_reloads_to_the_same_updates(family, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(EditLMError, match="not a MEND editor file"):
         load_mend(split, tmp_path / "bad.safetensors")
+
+
+SAVE_IN_A_PROCESS = """
+import sys
+from conftest import tiny_gpt2
+from editable_lm.mend import Mend, save_mend
+from editable_lm.models import edit_parameter_names
+from editable_lm.params import EditParams
+from editable_lm.split_forward import SplitForward
+model = tiny_gpt2()
+save_mend(Mend(SplitForward(model, edit_parameter_names(model, EditParams(blocks=2, module="mlp"))), 0.1, 4), sys.argv[1])
+"""
+
+
+def test_an_editor_file_has_the_same_bytes_from_every_process(tmp_path):
+    """The same editor saved by 4 fresh processes: the same bytes, so DVC sees the same output (safetensors writes a
+    metadata map in hash order, which is seeded per process), and the file still loads."""
+    from editable_lm.errors import EditLMError
+    from editable_lm.mend import load_mend
+
+    for i in range(4):
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_PROCESS, str(tmp_path / f"{i}.safetensors")], check=True,
+                       cwd=Path(__file__).parent)
+    files = {(tmp_path / f"{i}.safetensors").read_bytes() for i in range(4)}
+    assert len(files) == 1
+    model = tiny_gpt2()
+    load_mend(SplitForward(model, edit_parameter_names(model, EditParams(blocks=2, module="mlp"))), tmp_path / "0.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(tmp_path / "0.safetensors"), tmp_path / "bare.safetensors")  # no build in its metadata
+    with pytest.raises(EditLMError, match="no MEND build in its metadata"):
+        load_mend(SplitForward(model, edit_parameter_names(model, EditParams(blocks=2, module="mlp"))),
+                  tmp_path / "bare.safetensors")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -113,7 +113,8 @@ def shared(tmp_path_factory, smoke_run: SmokeRun) -> Shared:
 
 
 def test_push_fills_the_default_remote_outside_the_repo(shared):
-    listed = run(["dvc", "remote", "list"], shared.origin, env=shared.env).stdout.split()
+    # COLUMNS: DVC cuts its table to the terminal's width, and a temporary path can be longer than 80 columns
+    listed = run(["dvc", "remote", "list"], shared.origin, env={**shared.env, "COLUMNS": "1000"}).stdout.split()
     assert listed == ["storage", str(shared.storage), "(default)"]
     assert "files pushed" in shared.pushed
     # Every cached output is in the remote, under its content-addressed name, and nothing else.
