@@ -52,13 +52,25 @@ def run_stage(main: Callable[[], None]) -> None:
         # 130 = 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C.
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except dist.DistError as exc:  # another rank died mid-collective: `editable_lm.launch` names it
-        if UNDER_LAUNCHER not in os.environ:
-            rank, world = distributed.rank_and_world()
+    except RuntimeError as exc:  # DistError, or gloo's plain RuntimeError: another rank died mid-collective
+        rank, world = distributed.rank_and_world()
+        if world == 1 or not (isinstance(exc, dist.DistError) or _raised_in_a_collective(exc)):
+            raise
+        if UNDER_LAUNCHER not in os.environ:  # else `editable_lm.launch` names the rank that died
             print(f"error: rank {rank} of {world} lost the other ranks ({type(exc).__name__})", file=sys.stderr)
         sys.exit(LOST_PEERS)
     finally:
         distributed.close()
+
+
+def _raised_in_a_collective(exc: BaseException) -> bool:
+    """Whether `exc` came out of torch.distributed's code (a collective whose peer is gone)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if f"torch{os.sep}distributed{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def live_logger(path: str):
