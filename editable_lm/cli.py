@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 from typing import Callable
@@ -42,7 +43,9 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         distributed.init()
         if not distributed.is_main():
-            os.environ["TQDM_DISABLE"] = "1"
+            from tqdm import tqdm  # no progress bars: tqdm reads TQDM_DISABLE when imported, so set the default
+
+            tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
             sys.stdout = open(os.devnull, "w")
         main()
     except EditLMError as exc:

@@ -86,12 +86,15 @@ def main(argv: list[str]) -> int:
     command = [sys.executable, script, *args]
     if nproc == 1:
         os.execv(sys.executable, command)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(nproc)))
     os.environ[UNDER_LAUNCHER] = "1"
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its warnings and tracebacks
+    for name in list(logging.root.manager.loggerDict):  # torch's warnings and tracebacks: this launcher says it
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     try:
@@ -101,6 +104,9 @@ def main(argv: list[str]) -> int:
         if line:
             print(line, file=sys.stderr)
         return 1
+    except SignalException as exc:  # Ctrl-C or a kill of the launcher: torch has stopped the ranks
+        print(f"interrupted ({exc.sigval.name}); the ranks were stopped and no output was written", file=sys.stderr)
+        return 128 + exc.sigval.value
     return 0
 
 

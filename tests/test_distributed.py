@@ -137,3 +137,22 @@ def test_the_evaluate_stage_on_two_ranks_writes_the_one_process_outputs(smoke_ru
             return [{k: v for k, v in row.items() if k != "sec_per_edit"} for row in csv.DictReader(f)]
 
     assert rows(repo / "two/rows.csv") == rows(repo / "metrics/evaluate_edits.csv") and len(rows(repo / "two/rows.csv")) > 10
+
+
+def test_a_stopped_launcher_stops_its_ranks_with_one_line(tmp_path):
+    """SIGTERM to the launcher while its ranks work (2 training steps): one line, status 128 + 15, no output."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "editable_lm.launch", "--nproc", "2", str(WORKER), "train", str(tmp_path), "editable", "200"]
+    launcher = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "live-editable-2").exists() and time.monotonic() < deadline:  # rank 0 is training
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    stderr = launcher.communicate(timeout=120)[1]
+    assert launcher.returncode == 128 + signal.SIGTERM
+    # rank 0's progress bar, then the one line (no traceback, no torch warnings)
+    assert stderr.rstrip().endswith("interrupted (SIGTERM); the ranks were stopped and no output was written")
+    assert "Traceback" not in stderr and "W1" not in stderr and stderr.count("interrupted") == 1, stderr[-2000:]
+    assert not (tmp_path / "editable-2.safetensors").exists()
