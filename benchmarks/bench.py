@@ -42,7 +42,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from editable_lm.corpus import load_passages
 from editable_lm.editing import IGNORE, collate, kl_divergence, lm_loss
-from editable_lm.editors import Resources, build, gradient_names
+from editable_lm.editors import Resources, build, gradient_names, settings
 from editable_lm.evaluation import evaluate_edits, reference
 from editable_lm.models import build_base_model, edit_parameter_names, top_block_parameter_names
 from editable_lm.params import EditableParams, load_params
@@ -196,7 +196,7 @@ def distilgpt2_in_processes(rounds: int, processes: int) -> list[dict[str, float
 def editors_config(n_edits: int) -> list[tuple[str, float]]:
     """Part 3: the closed-form editors on the default params: second moments of every block they may edit, ROME
     per edit at the middle candidate layer, MEMIT's one update for the same edits (its deltas computed afresh)."""
-    from editable_lm.editors import memit_layers, rome as rome_module, stats_layers
+    from editable_lm.editors import rome as rome_module, stats_layers
     from editable_lm.layer_stats import second_moments
 
     params = load_params("params.yaml")
@@ -219,11 +219,12 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
         rome.edit(split, tokenizer, None, [pair], params.evaluate.seq_len)
     rows.append((f"ROME at layer {layer}, seconds per edit ({n_edits} edits)", (time.perf_counter() - start) / n_edits))
     rome_module._DELTAS.clear()  # MEMIT from scratch: its per-edit deltas are not ROME's cached ones
-    memit = build("memit", params, {"layer": layer, "lambda": params.memit.lambdas[0]}, resources)
+    setting = settings("memit", params, layer)[0]
+    memit = build("memit", params, setting, resources)
     split = SplitForward(model, memit.weight_names(model))
     start = time.perf_counter()
     memit.edit(split, tokenizer, None, pairs[:-1], params.evaluate.seq_len)
-    rows.append((f"MEMIT over blocks {list(memit_layers(params, layer))}, one update of {n_edits} edits (s)",
+    rows.append((f"MEMIT over blocks {list(memit.layers)}, one update of {n_edits} edits (s)",
                  time.perf_counter() - start))
     return rows + mend_config(model, tokenizer, params, passages, pairs)
 

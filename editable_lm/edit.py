@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from editable_lm.cli import run_stage
-from editable_lm.editors import BUILDERS, Resources, build, gradient, key_contexts, memit_layers, settings
+from editable_lm.editors import BUILDERS, Resources, build, edited_blocks, gradient, key_contexts, settings
 from editable_lm.errors import EditLMError
 from editable_lm.evaluation import held_out
 from editable_lm.layer_stats import load_moments
@@ -117,7 +117,7 @@ def base_editor(name: str, setting: dict, source: str, split: SplitForward, args
     if "layer" not in setting:
         print(f"{name}: {args.mend}")
         return build(name, params, setting, Resources(split=split, mend=str(Path(args.mend, EDITOR_FILE))))
-    moments = load_moments(args.stats, list(memit_layers(params, setting["layer"])))  # ends at the layer: ROME's too
+    moments = load_moments(args.stats, list(edited_blocks(setting)))
     contexts = key_contexts(read_jsonl(DEFAULT_VAL_PASSAGES), params) if Path(DEFAULT_VAL_PASSAGES).is_file() else ()
     print(f"{name}: {', '.join(f'{k} {v:g}' for k, v in setting.items())} ({source}); key averaged over "
           f"{len(contexts)} context(s)" + ("" if contexts else f" (no {DEFAULT_VAL_PASSAGES})"))

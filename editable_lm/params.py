@@ -254,10 +254,10 @@ class RomeParams(Section):
 
 
 class MemitParams(Section):
-    """MEMIT: `n_layers` blocks ending at ROME's chosen layer; the weight of C chosen among `lambdas` on one
-    validation batch; all test edits in one update."""
+    """MEMIT: blocks ending at ROME's chosen layer, how many chosen among `n_layers` and the weight of C among
+    `lambdas`, on one validation batch; all test edits in one update."""
 
-    n_layers: Int = AtLeast(3, 1)
+    n_layers: tuple[Annotated[Int, Field(ge=1)], ...] = Field((3,), min_length=1)
     lambdas: tuple[Annotated[Float, Field(gt=0, allow_inf_nan=False)], ...] = Field((1e2, 1e3, 1.5e4), min_length=1)
 
 

@@ -2,8 +2,8 @@
 
 Each editor's setting is chosen on validation edits by the `tune.target_success` rule (the lowest drawdown among
 the settings reaching it, else the best success): ROME's edit layer among `rome.layers` (a small stand-in for
-causal tracing) on `editors.n_tune_edits` edits one at a time; MEMIT's lambda among `memit.lambdas`, on
-`memit.n_layers` blocks ending at that layer, on one update of as many validation edits as the test batch
+causal tracing) on `editors.n_tune_edits` edits one at a time; MEMIT's number of blocks ending at that layer
+among `memit.n_layers` and its lambda among `memit.lambdas`, on one update of as many validation edits as the test batch
 (`reliability.n_edits`: how much an update disturbs grows with its edits); MEND (trained by stage `mend`, `--mend`)
 has no setting left, and its validation row is a check. Then each editor is read once on the test edits of `evaluate`
 (the same edits, leakage probes, passages and fluency prompts): one edit at a time from the unedited weights, or,

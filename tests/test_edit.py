@@ -167,7 +167,7 @@ def test_edit_with_rome_and_memit(checkpoint, tmp_path):
     texts = [{"text": f"Passage {i} tells of the river, the town and {i} bridges over the water."} for i in range(40)]
     moments, n = second_moments(model, tokenizer, texts, [0, 1, 2], n_tokens=2000, seq_len=32)
     save_moments(tmp_path / "stats.safetensors", moments, n)
-    (tmp_path / "params.yaml").write_text("memit:\n  n_layers: 2\n  lambdas: [1.0]\nrome:\n  clamp_norm: 100.0\n  weight_decay: 0.0\n")
+    (tmp_path / "params.yaml").write_text("memit:\n  n_layers: [2]\n  lambdas: [1.0]\nrome:\n  clamp_norm: 100.0\n  weight_decay: 0.0\n")
     common = ("The theory of relativity was developed by Albert Einstein.", "--replace", "Albert Einstein",
               "--name", "Marie Curie", "--model", str(checkpoint), "--stats", str(tmp_path / "stats.safetensors"),
               "--max-new-tokens", "3")

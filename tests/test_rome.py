@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_gpt2, tiny_llama
 from editable_lm.editors.memit import Memit, spread_update
 from editable_lm.editors.rome import (
-    Rome, ValueParams, _Probe, _Suffixes, context_examples, edit_examples, key_positions, keys_and_values, optimise_delta, prepare,
-    rank_one_update,
+    Rome, ValueParams, _Probe, _Suffixes, context_examples, edit_examples, key_positions, optimise_delta, prepare,
+    rank_one_update, run_to,
 )
 from editable_lm.errors import EditLMError
 from editable_lm.layer_stats import as_matrix, load_moments, projection_name, save_moments, second_moments, weight_name
@@ -39,6 +39,16 @@ def tiny(family: str, tokenizer):
 
 def split_at(lm, layers) -> SplitForward:
     return SplitForward(lm, [weight_name(lm, layer) for layer in layers])
+
+
+@torch.no_grad()
+def keys_and_values(split: SplitForward, prepared, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection's inputs [B, in] and outputs [B, out] at each row's key position: the whole prompts through
+    the split model (independent of the optimisation's cached suffix runs)."""
+    with _Probe(split.model, layer) as probe:
+        probe.at = key_positions(prepared)
+        run_to(split, prepared, layer)
+        return probe.keys, probe.values
 
 
 def moment_of(lm, tokenizer, layer: int):
@@ -125,31 +135,33 @@ def test_delta_lowers_the_nll_within_the_clamp(tokenizer):
     lm = tiny("llama", tokenizer)
     split = split_at(lm, [1])
     examples = edit_examples(tokenizer, [PAIR], CONTEXTS, MAX_LEN)
-    _, values = keys_and_values(split, prepare(split, tokenizer, examples), 1)
-    delta = optimise_delta(lm, examples, [], 1, ValueParams(steps=10, clamp_norm=0.5, stop_nll=0.0))
+    keys, values = keys_and_values(split, prepare(split, tokenizer, examples), 1)
+    delta, key = optimise_delta(lm, examples, [], 1, ValueParams(steps=10, clamp_norm=0.5, stop_nll=0.0))
+    torch.testing.assert_close(key, keys.mean(0))  # k*, read on the way
     assert delta.norm() <= 0.5 * values[-1].norm() * (1 + 1e-9)
     assert delta.abs().sum() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cached_prefix_logits_equal_the_whole_prompt_run(family, tokenizer):
-    """The optimisation runs only each prompt's suffix on cached prefix keys/values: the logits it sees, delta
-    added, equal those of the whole prompt through the split model with delta added at the key position."""
+    """The optimisation runs only each prompt's suffix on cached prefix keys/values, and only the blocks from
+    the edited one up: the logits it sees at the labelled positions, delta added, equal those of the whole
+    prompt through the whole model with delta added at the key position."""
     lm = tiny(family, tokenizer)
-    split = split_at(lm, [1])
+    split = split_at(lm, [0])  # every block runs on the whole prompt
     examples = edit_examples(tokenizer, [PAIR], CONTEXTS, MAX_LEN)
     delta = torch.randn(lm.config.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with _Probe(lm, 1) as probe:
         probe.delta = delta
-        suffixes = _Suffixes(lm, examples)
+        suffixes = _Suffixes(lm, examples, 1)
         fast, fast_again = suffixes.logits(probe), suffixes.logits(probe)
-        for (ids, labels), logits in zip(examples, fast):
+        whole = []
+        for ids, labels in examples:
             batch = prepare(split, tokenizer, [(ids, labels)])
             probe.at = key_positions(batch)
-            key = int(probe.at[0].nonzero())
-            whole = split.logits(batch)[0, key : len(ids)]
-            # Llama's eager attention takes its softmax in float32: a padded row differs from a lone one there
-            torch.testing.assert_close(logits[: len(whole)], whole, rtol=1e-5, atol=1e-5)
+            whole.append(split.target_logits(batch))
+    # Llama's eager attention takes its softmax in float32: a padded row differs from a lone one there
+    torch.testing.assert_close(fast, torch.cat(whole), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast, fast_again)  # the cache is back at the prefix after each call
 
 
@@ -209,16 +221,18 @@ def test_params_list_exactly_the_editors_the_registry_builds():
 
 
 def test_registry_builds_editors_from_params():
-    from editable_lm.editors import Resources, build, memit_layers, setting_name, settings, stats_layers
+    from editable_lm.editors import Resources, build, edited_blocks, setting_name, settings, stats_layers
     from editable_lm.params import parse_params
 
-    params = parse_params({"rome": {"layers": [1, 5]}, "memit": {"n_layers": 3, "lambdas": [10.0, 100.0]}})
-    assert memit_layers(params, 5) == (3, 4, 5) and memit_layers(params, 1) == (0, 1)
-    assert stats_layers(params) == [0, 1, 3, 4, 5]
+    params = parse_params({"rome": {"layers": [1, 5]}, "memit": {"n_layers": [2, 3], "lambdas": [10.0, 100.0]}})
+    assert edited_blocks({"layer": 5, "n_layers": 3}) == (3, 4, 5) and edited_blocks({"layer": 1, "n_layers": 3}) == (0, 1)
+    assert edited_blocks({"layer": 5}) == (5,)  # ROME's
+    assert stats_layers(params) == [0, 1, 3, 4, 5]  # the deepest MEMIT below each candidate layer
     assert settings("rome", params, None) == [{"layer": 1}, {"layer": 5}]
-    assert [setting_name(s) for s in settings("memit", params, 5)] == ["layer=5,lambda=10", "layer=5,lambda=100"]
+    assert [setting_name(s) for s in settings("memit", params, 5)] == [
+        "layer=5,n_layers=2,lambda=10", "layer=5,n_layers=2,lambda=100", "layer=5,n_layers=3,lambda=10", "layer=5,n_layers=3,lambda=100"]
     moments = {layer: torch.eye(2) for layer in range(6)}
-    memit = build("memit", params, {"layer": 5, "lambda": 100.0}, Resources(moments=moments, contexts=("a",)))
+    memit = build("memit", params, {"layer": 5, "n_layers": 3, "lambda": 100.0}, Resources(moments=moments, contexts=("a",)))
     assert memit.layers == (3, 4, 5) and memit.batched and memit.lam == 100.0 and set(memit.moments) == {3, 4, 5}
     rome = build("rome", params, {"layer": 1}, Resources(moments=moments))
     assert rome.layer == 1 and not rome.batched and rome.value.steps == params.rome.steps

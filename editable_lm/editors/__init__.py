@@ -46,14 +46,16 @@ def value_params(params: Params) -> ValueParams:
     return ValueParams(steps=r.steps, lr=r.lr, kl_factor=r.kl_factor, weight_decay=r.weight_decay, clamp_norm=r.clamp_norm)
 
 
-def memit_layers(params: Params, layer: int) -> tuple[int, ...]:
-    """MEMIT's blocks: `memit.n_layers` ending at `layer`."""
-    return tuple(range(max(0, layer - params.memit.n_layers + 1), layer + 1))
+def edited_blocks(setting: dict) -> tuple[int, ...]:
+    """The blocks a closed-form editor's setting edits: ROME's `layer`; MEMIT's `n_layers` ending there."""
+    layer = setting["layer"]
+    return tuple(range(max(0, layer - setting.get("n_layers", 1) + 1), layer + 1))
 
 
 def stats_layers(params: Params) -> list[int]:
     """Every block whose second moments an editor may need: each candidate layer and MEMIT's blocks below it."""
-    return sorted({block for layer in params.rome.layers for block in memit_layers(params, layer)})
+    deepest = max(params.memit.n_layers)
+    return sorted({block for layer in params.rome.layers for block in edited_blocks({"layer": layer, "n_layers": deepest})})
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,8 @@ BUILDERS = {
     "rome": lambda params, setting, res: Rome(
         "rome", setting["layer"], value_params(params), res.contexts, res.moments[setting["layer"]]),
     "memit": lambda params, setting, res: Memit(
-        "memit", memit_layers(params, setting["layer"]), value_params(params), setting["lambda"], res.contexts,
-        {block: res.moments[block] for block in memit_layers(params, setting["layer"])}),
+        "memit", edited_blocks(setting), value_params(params), setting["lambda"], res.contexts,
+        {block: res.moments[block] for block in edited_blocks(setting)}),
     "mend": lambda params, setting, res: MendEditor("mend", load_mend(res.split, res.mend)),
 }
 
@@ -103,11 +105,12 @@ def base_editor_names(params: Params) -> list[str]:
 
 def settings(name: str, params: Params, layer: int | None) -> list[dict]:
     """The settings an editor is chosen among on validation edits: ROME's the edit layer (`rome.layers`); MEMIT's
-    its lambda (`memit.lambdas`) at the chosen edit `layer`; MEND has none (its training chose them)."""
+    its number of blocks (`memit.n_layers`) and lambda (`memit.lambdas`) at the chosen edit `layer`; MEND has
+    none (its training chose them)."""
     if name == "rome":
         return [{"layer": candidate} for candidate in params.rome.layers]
     if name == "memit":
-        return [{"layer": layer, "lambda": lam} for lam in params.memit.lambdas]
+        return [{"layer": layer, "n_layers": n, "lambda": lam} for n in params.memit.n_layers for lam in params.memit.lambdas]
     return [{}]
 
 

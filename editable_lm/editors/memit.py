@@ -75,7 +75,7 @@ class Memit:
         for pair in tqdm(pairs, desc=f"{self.name}: values", unit="edit", leave=False, disable=len(pairs) < 2):
             prompts = edit_examples(tokenizer, [pair], self.contexts, max_len)
             contexts = context_examples(tokenizer, pair, self.contexts, max_len)
-            deltas.append(optimise_delta(split.model, prompts, contexts, last, self.value))
+            deltas.append(optimise_delta(split.model, prompts, contexts, last, self.value)[0])
         prompts = prepare(split, tokenizer, edit_examples(tokenizer, pairs, self.contexts, max_len))
         _, outputs = keys_and_outputs(split, prompts, layers[0], last, None)
         targets = mean_per_pair(outputs, len(pairs)) + torch.stack(deltas)

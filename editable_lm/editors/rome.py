@@ -14,9 +14,10 @@ For an edit (a prefix whose next words should be the new name) at block l:
 ROME's code evaluates the residual at the bare prompt's key while its direction uses the averaged key; here
 both use the averaged key, so that W' k* = v* holds exactly.
 
-Nothing before a prompt's key position depends on delta, so each prompt's tokens before it run once, with
-their attention keys and values cached at every block (`_Suffixes`); each optimisation step runs only the
-key token and the name's tokens, a few positions instead of the whole prompt.
+Nothing before a prompt's key position depends on delta, and no block below l does, so each prompt's tokens
+before its key run once, with their attention keys and values cached at every block, and its key and name
+tokens once through the blocks below l (`_Suffixes`); each optimisation step runs only blocks l and up on the
+key token and the name's tokens, and the LM head only where a loss reads it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from editable_lm.editing import collate, encode_edit
 from editable_lm.errors import EditLMError
 from editable_lm.layer_stats import as_matrix, in_weight_layout, projection_name, weight_name
 from editable_lm.models import device
-from editable_lm.split_forward import IGNORE, Prepared, SplitForward, upcast
+from editable_lm.split_forward import IGNORE, Prepared, SplitForward, Targets, _Stop, upcast
 
 Example = tuple[list[int], list[int]]  # token ids, labels (the new name's tokens; IGNORE elsewhere)
 
@@ -118,76 +119,109 @@ def run_to(split: SplitForward, prepared: Prepared, end: int, params: Mapping[st
     split._run_blocks(prepared.hidden, prepared.args, prepared.kwargs, split.start, end + 1, params)
 
 
-@torch.no_grad()
-def keys_and_values(split: SplitForward, prepared: Prepared, layer: int, params=None) -> tuple[Tensor, Tensor]:
-    """The projection's inputs [B, in] and outputs [B, out] at each row's key position."""
-    with _Probe(split.model, layer) as probe:
-        probe.at = key_positions(prepared)
-        run_to(split, prepared, layer, params)
-        return probe.keys, probe.values
-
-
 def mean_per_pair(rows: Tensor, n_pairs: int) -> Tensor:
     """[n_pairs * prompts, D] pair-major rows -> [n_pairs, D] means."""
     return rows.view(n_pairs, -1, rows.shape[-1]).mean(1)
 
 
 class _Suffixes:
-    """Prompts whose key positions are lined up by left padding: the columns before the key run once through the
-    model (attention keys and values cached), the key column and the rest on every call of `logits`, all rows
-    in one batch; shorter suffixes are right-padded (masked). One batch for every prompt of an optimisation
-    step: on a CPU a step costs what reading the weights costs, whatever the few rows."""
+    """Prompts whose key positions are lined up by left padding, run for delta's optimisation. Nothing before a
+    prompt's key depends on delta, and no block below `layer` does: the columns before the key run once
+    through the model (their attention keys and values cached at every block), the key column and the rest once
+    through the blocks below `layer`, and each call of `logits` runs only blocks `layer` and up on those few
+    columns, all rows in one batch (shorter suffixes right-padded, masked), with the LM head at the labelled
+    positions alone. On a CPU a step costs what reading the weights costs, whatever the few rows."""
 
-    def __init__(self, model: nn.Module, examples: list[Example]):
+    def __init__(self, model: nn.Module, examples: list[Example], layer: int):
         keys = [next(i for i in range(1, len(labels)) if labels[i] != IGNORE) - 1 for _, labels in examples]
         lengths = [len(ids) - key for (ids, _), key in zip(examples, keys)]
-        self.model, self.key, width = model, max(keys), max(lengths)
+        self.key, width = max(keys), max(lengths)
         pad = [self.key - key for key in keys]
         rows = [([0] * p + ids + [0] * (width - n), [IGNORE] * p + labels + [IGNORE] * (width - n),
                  [0] * p + [1] * len(ids) + [0] * (width - n)) for p, n, (ids, labels) in zip(pad, lengths, examples)]
-        ids, labels, self.mask = (torch.tensor([row[i] for row in rows], device=device()) for i in range(3))
-        self.positions = (self.mask.cumsum(1) - 1).clamp(min=0)  # as if each prompt ran alone
-        self.suffix, self.targets = ids[:, self.key :], labels[:, self.key + 1 :]
-        self.cache = self._prefix_cache(examples, keys, pad) if self.key else None
+        ids, labels, mask = (torch.tensor([row[i] for row in rows], device=device()) for i in range(3))
+        self.layer, self.split = layer, SplitForward(model, [weight_name(model, layer)])
+        self.cache = _prefix_cache(model, examples, keys, pad) if self.key else None
+        full = Targets.of(labels[:, self.key :])
+        # the last column predicts no label and no column attends to it: it is left off
+        ids, mask, where = ids[:, self.key : -1], mask[:, :-1], full.where[:, :-1]
+        self.suffix = Prepared({"input_ids": ids}, Targets(where, full.tokens, full.rows, full.n_rows),
+                               *self._block_input(mask, ids))
 
-    def _prefix_cache(self, examples: list[Example], keys: list[int], pad: list[int]):
-        """Each prompt's columns before its key run alone (a padded row in one batch would have fully masked
-        queries, NaN in eager attention), their caches then stacked with zeros on the left, masked."""
-        caches = []
-        with torch.no_grad():
-            for (ids, _), key in zip(examples, keys):
-                caches.append(self.model(input_ids=torch.tensor([ids[:key]], device=device()), use_cache=True).cache
-                              if key else None)
-        full = next(cache for cache in caches if cache is not None)
-        for index, layer in enumerate(full.layers):
-            def stacked(field):
-                rows = []
-                for cache, p in zip(caches, pad):
-                    part = getattr(cache.layers[index], field) if cache is not None else None
-                    shape = list(getattr(layer, field).shape)
-                    shape[2] = p
-                    zeros = torch.zeros(shape, dtype=getattr(layer, field).dtype, device=device())
-                    rows.append(zeros if part is None else torch.cat([zeros, part], dim=2))
-                return torch.cat(rows)
-            layer.keys, layer.values = stacked("keys"), stacked("values")
-        return full
+    def _block_input(self, mask: Tensor, suffix: Tensor) -> tuple[Tensor, tuple, dict]:
+        """What block `layer` receives for the suffix columns (the prefix in the cache), as `SplitForward` keeps it."""
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # as if each prompt ran alone
+        captured = {}
+
+        def stop(module, args, kwargs):
+            captured["args"], captured["kwargs"] = args, dict(kwargs)
+            raise _Stop
+
+        # TODO(next rerun of the stages that depend on split_forward.py): share this capture with
+        # `SplitForward._block_input`, which differs only in the model's arguments
+        handle = self.split.blocks[self.layer].register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self.split.model(input_ids=suffix, attention_mask=mask, position_ids=positions[:, self.key :],
+                                 cache=self.cache, use_cache=self.cache is not None)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        args, kwargs = captured["args"], captured["kwargs"]
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        return hidden, tuple(args[1:]), kwargs
+
+    @staticmethod
+    def _crop(layers, columns: int) -> None:
+        """Drop the suffix's entries from these cache layers, back to the prefix, as constants (the crop is a
+        view of the graph of the call that added them)."""
+        for layer in layers:
+            layer.crop(-columns)
+            layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
 
     def logits(self, probe: _Probe) -> Tensor:
-        """Logits [B, S, V] at the suffix positions (key first), `probe.delta` added at the key."""
-        probe.at = torch.zeros_like(self.suffix, dtype=torch.bool)
-        probe.at[:, 0] = True
-        logits = self.model(input_ids=self.suffix, attention_mask=self.mask, position_ids=self.positions[:, self.key :],
-                            cache=self.cache, use_cache=self.cache is not None).logits
+        """Logits [N, V] at the labelled positions (row-major), `probe.delta` added at each row's key column."""
+        at = torch.zeros_like(self.suffix.batch["input_ids"], dtype=torch.bool)
+        at[:, 0] = True
+        probe.at = at
+        logits = self.split.target_logits(self.suffix)
         if self.cache is not None:
-            self.cache.crop(-self.suffix.shape[1])  # drop the suffix's entries: the next call starts from the prefix
-            for layer in self.cache.layers:  # ... and from constants: the crop is a view of this call's graph
-                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+            self._crop(self.cache.layers[self.layer :], at.shape[1])  # the next call starts from the prefix
         return logits
+
+    def labelled(self, rows: int) -> int:
+        """How many of the labelled positions lie in the first `rows` rows."""
+        return int((self.suffix.targets.rows < rows).sum())
 
     def nll(self, logits: Tensor, rows: int) -> Tensor:
         """Mean NLL of the labelled tokens of the first `rows` rows (prompts ending in one name: the mean over
         prompts of each prompt's mean)."""
-        return torch.nn.functional.cross_entropy(upcast(logits[:rows, :-1]).transpose(1, 2), self.targets[:rows])
+        count = self.labelled(rows)
+        return torch.nn.functional.cross_entropy(upcast(logits[:count]), self.suffix.targets.tokens[:count])
+
+
+def _prefix_cache(model: nn.Module, examples: list[Example], keys: list[int], pad: list[int]):
+    """Each prompt's columns before its key run alone (a padded row in one batch would have fully masked
+    queries, NaN in eager attention), their caches then stacked with zeros on the left, masked."""
+    caches = []
+    with torch.no_grad():
+        for (ids, _), key in zip(examples, keys):
+            caches.append(model(input_ids=torch.tensor([ids[:key]], device=device()), use_cache=True, logits_to_keep=1).cache
+                          if key else None)  # the cache is what is wanted, not the logits
+    full = next(cache for cache in caches if cache is not None)
+    for index, layer in enumerate(full.layers):
+        def stacked(field):
+            rows = []
+            for cache, p in zip(caches, pad):
+                part = getattr(cache.layers[index], field) if cache is not None else None
+                shape = list(getattr(layer, field).shape)
+                shape[2] = p
+                zeros = torch.zeros(shape, dtype=getattr(layer, field).dtype, device=device())
+                rows.append(zeros if part is None else torch.cat([zeros, part], dim=2))
+            return torch.cat(rows)
+        layer.keys, layer.values = stacked("keys"), stacked("values")
+    return full
 
 
 # Deltas already optimised, per model: MEMIT's last layer is ROME's, so its per-edit deltas are ROME's (same
@@ -195,9 +229,11 @@ class _Suffixes:
 _DELTAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams) -> Tensor:
-    """delta [out] added to block `layer`'s MLP output at every prompt's key position (one edit's prompts);
-    computed once per model, prompts, layer and settings."""
+def optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams
+                   ) -> tuple[Tensor, Tensor]:
+    """delta [out] added to block `layer`'s MLP output at every prompt's key position (one edit's prompts), and
+    k* [in], the projection's input there averaged over the prompts; computed once per model, prompts, layer
+    and settings."""
     key = (layer, cfg, *(tuple((tuple(ids), tuple(labels)) for ids, labels in rows) for rows in (prompts, contexts)))
     done = _DELTAS.setdefault(model, {})
     if key not in done:
@@ -205,14 +241,17 @@ def optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Exam
     return done[key]
 
 
-def _optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams) -> Tensor:
+def _optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Example], layer: int, cfg: ValueParams
+                    ) -> tuple[Tensor, Tensor]:
     n = len(prompts)
-    rows = _Suffixes(model, prompts + contexts)  # the edit's prompts, then the KL contexts
+    rows = _Suffixes(model, prompts + contexts, layer)  # the edit's prompts, then the KL contexts
+    first = rows.labelled(n)  # logits from here on: each KL context's one labelled position, its key
     with _Probe(model, layer) as probe:
         with torch.no_grad():
             logits = rows.logits(probe)
             scale = probe.values[0].norm()  # the bare prompt's unedited output: all share its scale
-            kl_ref = torch.log_softmax(upcast(logits[n:, 0]), -1) if contexts else None
+            key = probe.keys[:n].mean(0)  # delta does not change the projection's input
+            kl_ref = torch.log_softmax(upcast(logits[first:]), -1) if contexts else None
         delta = torch.zeros_like(probe.values[0], requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=cfg.lr)
         probe.delta = delta
@@ -224,7 +263,7 @@ def _optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Exa
                     break
                 loss = nll + cfg.weight_decay * delta.norm() / scale**2
                 if contexts and cfg.kl_factor:
-                    post = torch.log_softmax(upcast(logits[n:, 0]), -1)
+                    post = torch.log_softmax(upcast(logits[first:]), -1)
                     loss = loss + cfg.kl_factor * (kl_ref.exp() * (kl_ref - post)).sum(-1).mean()
                 optimizer.zero_grad()
                 loss.backward()
@@ -233,7 +272,7 @@ def _optimise_delta(model: nn.Module, prompts: list[Example], contexts: list[Exa
                     limit = cfg.clamp_norm * scale
                     if delta.norm() > limit:
                         delta.mul_(limit / delta.norm())
-    return delta.detach()
+    return delta.detach(), key
 
 
 def rank_one_update(weight: Tensor, key: Tensor, delta: Tensor, moment: Tensor | None) -> Tensor:
@@ -264,8 +303,7 @@ class Rome:
             raise EditLMError(f"rome edits one request at a time, got {len(pairs)} (use memit for batches)")
         prompts = edit_examples(tokenizer, pairs, self.contexts, max_len)
         contexts = context_examples(tokenizer, pairs[0], self.contexts, max_len)
-        delta = optimise_delta(split.model, prompts, contexts, self.layer, self.value)
-        keys, _ = keys_and_values(split, prepare(split, tokenizer, prompts), self.layer)
+        delta, key = optimise_delta(split.model, prompts, contexts, self.layer, self.value)
         matrix = as_matrix(split.model, self.layer)
-        update = rank_one_update(matrix, keys.mean(0), delta, self.moment)
+        update = rank_one_update(matrix, key, delta, self.moment)
         return {weight_name(split.model, self.layer): in_weight_layout(split.model, self.layer, matrix + update).detach()}, None
