@@ -6,7 +6,7 @@ Every error is one line that starts with the dotted key, e.g. `train.lr: must be
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
@@ -262,10 +262,14 @@ class MemitParams(Section):
 
 
 class MendParams(Section):
-    """MEND's editor network and its training (stage `mend`, on the base model, `train`'s steps, seeds and data):
-    Adam at `lr` on the network and `lr_lr` on the per-weight edit lrs (started at `edit_lr`); the loss is
-    cedit x the post-update edit loss (the edit and one of its probes) + cloc x KL(pre || post) on passages."""
+    """MEND's editor network and its training (stage `mend`, on `model`: the base or the fine-tuned model, with
+    `train`'s steps, seeds and data): Adam at `lr` on the network and `lr_lr` on the per-weight edit lrs (started
+    at `edit_lr`); the loss is cedit x the post-update edit loss (the edit and one of its probes) + cloc x
+    KL(pre || post) on passages. An edit is `edit_passes` passes of the network, each over the gradient at the
+    weights the pass before left (MEND's own: 1)."""
 
+    model: Literal["base", "finetuned"] = "base"
+    edit_passes: Int = AtLeast(1, 1)
     rank: Int = AtLeast(32, 1)
     n_layers: Int = AtLeast(2, 1)
     edit_lr: Float = Positive(0.1)

@@ -1,4 +1,5 @@
-"""Train MEND's editor network for the base model on the editable model's budget (same steps, data, seeds)."""
+"""Train MEND's editor network for `mend.model` (the base model, or the fine-tuned one) on the editable model's
+budget (same steps, data, seeds)."""
 
 import importlib.util
 import sys
@@ -17,10 +18,11 @@ from editable_lm.storage import atomic_path, read_jsonl
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--base", "--split", "--out", "--live", optional=("--resume-dir",))
-    inputs = [args.base, Path(args.split, "passages_train.jsonl"), Path(args.split, "pairs_train.jsonl")]
+    params, args = stage_args(__doc__, "--base", "--finetuned", "--split", "--out", "--live", optional=("--resume-dir",))
+    edited = {"base": args.base, "finetuned": args.finetuned}[params.mend.model]
+    inputs = [edited, Path(args.split, "passages_train.jsonl"), Path(args.split, "pairs_train.jsonl")]
     passages, pairs = read_jsonl(inputs[1]), read_jsonl(inputs[2])
-    model, tokenizer = load_checkpoint(args.base)
+    model, tokenizer = load_checkpoint(edited)
     checkpoints = training_checkpoints(args.resume_dir, "mend", params.train, inputs, mend=params.mend, edit=params.edit)
     with live_logger(args.live) as live:
         mend = train_mend(model, tokenizer, passages, pairs, params.train, params.mend, params.edit, live, checkpoints)

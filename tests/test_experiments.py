@@ -60,6 +60,7 @@ OTHER_VALUES = {
     "evaluate.edit_lr": (0.01, 0.03),
     "editors.names": (["ft", "ft_kl", "rome"], ["ft", "until_success", "rome", "memit"]),  # ft, and rome before memit
     "ft_kl.kl_weight": (0.5, 1.0),
+    "mend.model": ("finetuned",),  # MEND trained for, and evaluated on, the fine-tuned model
     "ft_kl.n_loc_passages": (1, 2),
     "evaluate.n_ppl_passages": (3, 4),
     "evaluate.seq_len": (24, 32),

@@ -222,23 +222,26 @@ def test_an_editor_file_has_the_same_bytes_from_every_process(tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_mend_editor_goes_through_the_same_metric_code(family, tokenizer, tmp_path):
+@pytest.mark.parametrize("passes", (1, 3))
+def test_mend_editor_goes_through_the_same_metric_code(family, tokenizer, tmp_path, passes):
     """The registry builds `mend` from a saved editor; `evaluate_edits` measures it beside FT with the same rows,
-    and the untrained editor (one SGD step at edit_lr) ends on FT's one-step weights."""
+    and the untrained editor (one SGD step at edit_lr a pass: `mend.edit_passes`) ends on FT's weights after as
+    many steps."""
     from editable_lm.editors import Resources, build
     from editable_lm.editors.gradient import FineTune
     from editable_lm.evaluation import EDIT_METRICS, evaluate_edits, reference
     from editable_lm.mend import save_mend
-    from editable_lm.params import Params
+    from editable_lm.params import parse_params
 
     model = tokenizer_sized(family, tokenizer)
     split = SplitForward(model, edit_parameter_names(model, EditParams(blocks=2, module="mlp")))
     save_mend(Mend(split, edit_lr=0.5).eval(), tmp_path / "editor.safetensors")
-    editor = build("mend", Params(), {}, Resources(split=split, mend=str(tmp_path / "editor.safetensors")))
+    params = parse_params({"mend": {"edit_passes": passes}})
+    editor = build("mend", params, {}, Resources(split=split, mend=str(tmp_path / "editor.safetensors")))
     assert editor.weight_names(model) == matrix_names(split) and not editor.batched
     passages, pairs = training_data(3)
     ref = reference(split, tokenizer, passages[:2], 16)
-    rows = evaluate_edits(split, tokenizer, pairs, [editor, FineTune("ft", 0.5, 1)], ref, 16, n_leak_probes=1)
+    rows = evaluate_edits(split, tokenizer, pairs, [editor, FineTune("ft", 0.5, passes)], ref, 16, n_leak_probes=1)
     assert [(r["edit_id"], r["procedure"]) for r in rows] == [(i, p) for i in range(3) for p in ("mend", "ft")]
     assert all(set(EDIT_METRICS) - {"generality"} <= set(r) for r in rows)
     for mend_row, ft_row in zip(rows[::2], rows[1::2]):

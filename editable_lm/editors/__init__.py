@@ -89,7 +89,7 @@ BUILDERS = {
     "memit": lambda params, setting, res: Memit(
         "memit", edited_blocks(setting), value_params(params), setting["lambda"], res.contexts,
         {block: res.moments[block] for block in edited_blocks(setting)}),
-    "mend": lambda params, setting, res: MendEditor("mend", load_mend(res.split, res.mend)),
+    "mend": lambda params, setting, res: MendEditor("mend", load_mend(res.split, res.mend), params.mend.edit_passes),
 }
 
 
@@ -101,6 +101,12 @@ def gradient_names(params: Params) -> list[str]:
 def base_editor_names(params: Params) -> list[str]:
     """The listed editors that edit the base model, each at its setting chosen on validation edits (stage `editors`)."""
     return [name for name in params.editors.names if name not in gradient.NAMES]
+
+
+def edited_model(name: str, params: Params) -> str:
+    """The model a base-model editor edits (stage `editors`): MEND the one its network was trained for
+    (`mend.model`), the others the base model."""
+    return params.mend.model if name == "mend" else "base"
 
 
 def settings(name: str, params: Params, layer: int | None) -> list[dict]:
