@@ -58,8 +58,10 @@ OTHER_VALUES = {
     "editable.cloc": (0.5, 1.0),
     "evaluate.edit_steps": (3, 2),  # FT+KL (in editors.names) needs at least 2
     "evaluate.edit_lr": (0.01, 0.03),
-    "editors.names": (["ft", "ft_kl", "rome"], ["ft", "until_success", "rome", "memit"]),  # ft, and rome before memit
+    # ft, and rome before memit; mend, to run MEND on the fine-tuned model (mend.model) with 2 passes
+    "editors.names": (["ft", "ft_kl", "rome", "mend"], ["ft", "until_success", "rome", "memit"]),
     "ft_kl.kl_weight": (0.5, 1.0),
+    "memit.n_layers": ([1, 2], [2]),
     "mend.model": ("finetuned",),  # MEND trained for, and evaluated on, the fine-tuned model
     "ft_kl.n_loc_passages": (1, 2),
     "evaluate.n_ppl_passages": (3, 4),
@@ -129,6 +131,8 @@ def test_every_param_key_can_be_set_with_S(smoke_run: SmokeRun, tmp_path):
     data = experiments(repo)["every-key"]
     assert exp_params(data) == wanted
     assert data["metrics"]["metrics/evaluate.json"]["data"]["n_edits"] == wanted["reliability.n_edits"]
+    details = json.loads((repo / "metrics/editors_details.json").read_text())  # the workspace holds the run
+    assert details["mend"]["model"] == wanted["mend.model"] == "finetuned"
 
 
 def queue_status(repo: Path) -> dict[str, str]:
