@@ -90,6 +90,8 @@ def stage_cmd(work: Path, stage: str, out: str, resume: str | None, params: str 
     cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py"), "--params", str(work / params),
            "--base", str(work / "base"), "--split", str(work / "split"), "--out", str(work / out),
            "--live", str(work / f"{out}-live")]
+    if stage == "mend":  # the model it trains for, mend.model: base here, the fine-tuned path unread
+        cmd += ["--finetuned", str(work / "base")]
     return cmd + (["--resume-dir", str(work / resume)] if resume else [])
 
 
