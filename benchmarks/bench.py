@@ -201,6 +201,7 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
 
     params = load_params("params.yaml")
     model, tokenizer = build_base_model(params.model.name)
+    model.config._attn_implementation = "eager"  # as the stages load it (load_checkpoint): MEND's MAML step needs it
     model.eval().requires_grad_(False)
     passages = load_passages(params.data)
     start = time.perf_counter()
