@@ -134,6 +134,14 @@ class TrainParams(Section):
     seq_len: Int = AtLeast(64, 8)
     outer_blocks: Int = AtLeast(6, 0)  # only the top blocks are trained (0 trains every block)
     checkpoint_every: Int = AtLeast(50, 0)  # steps between resumable checkpoints (0: none)
+    warmup_steps: Int = AtLeast(0, 0)  # the rate rises linearly over these first steps ...
+    decay: Literal["none", "cosine"] = "none"  # ... then stays, or falls on a cosine towards 0 at the last step
+
+    @model_validator(mode="after")
+    def _warmup_ends_before_training(self):
+        if self.warmup_steps >= self.steps:
+            raise ParamError(f"must be below train.steps ({self.steps}), got {self.warmup_steps}", key="train.warmup_steps")
+        return self
 
 
 class EditableParams(Section):
@@ -145,6 +153,10 @@ class EditableParams(Section):
     first_order: Bool = False
     learn_lr: Bool = False  # learn one inner learning rate per edited tensor
     lr_lr: Float = Positive(1e-4)  # Adam's learning rate for those inner learning rates
+    loc_reference: Literal["self", "base", "finetuned"] = "self"  # whose predictions locality's KL keeps: the
+    # model's own before the edit (ENN), or the base or fine-tuned model's (a frozen copy)
+    cgen: Float = AtLeast(0.0, 0)  # weight of the post-edit loss on a probe: the same person, another sentence
+    cneigh: Float = AtLeast(0.0, 0)  # weight of KL(pre || post) at another person's name in their own sentence
 
 
 class EvaluateParams(Section):
@@ -166,6 +178,13 @@ class ReliabilityParams(Section):
     n_fluency_edits: Int = AtLeast(8, 0)  # fluency (n-gram entropy of generations) after the first N edits
     n_fluency_prompts: Int = AtLeast(3, 1)  # held-out test passages whose first words are the prompts
     fluency_tokens: Int = AtLeast(40, 4)  # greedy tokens generated per prompt
+
+
+class ValidationParams(Section):
+    """The levers' pilots (stage `validate`): one edit at a time on validation edits, the figures of the frontier."""
+
+    n_edits: Int = AtLeast(50, 1)  # validation edits
+    n_ppl_passages: Int = AtLeast(16, 1)  # validation passages for perplexity (the fluency prompts come after them)
 
 
 class TuneParams(Section):
@@ -291,6 +310,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     reliability: ReliabilityParams = ReliabilityParams()
     tune: TuneParams = TuneParams()
+    validation: ValidationParams = ValidationParams()
     sweep: SweepParams = SweepParams()
     sequential: SequentialParams = SequentialParams()
     editors: EditorsParams = EditorsParams()

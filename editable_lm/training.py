@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Iterator
 
@@ -51,6 +52,12 @@ def unrelated_edit(pairs: list[dict], passages: list[dict], rng: random.Random) 
     return rng.choice(unrelated)
 
 
+def encode_own_names(pairs: list[dict], tokenizer, max_len: int) -> Batch:
+    """A batch of the pairs' sentences as they are: the prefix and the person's own name, labels on the name."""
+    examples = [encode_edit(tokenizer, p["prefix"], p["name"], max_len) for p in pairs]
+    return collate(examples, tokenizer.pad_token_id, device())
+
+
 def labelled_tokens(batch: Batch) -> Tensor:
     """How many tokens `lm_loss` averages over."""
     return (batch["labels"][:, 1:] != IGNORE).sum()
@@ -59,6 +66,25 @@ def labelled_tokens(batch: Batch) -> Tensor:
 def real_tokens(batch: Batch) -> Tensor:
     """How many tokens `kl_divergence` averages over."""
     return batch["attention_mask"].sum()
+
+
+def lr_factor(step: int, train: TrainParams) -> float:
+    """The learning-rate multiplier at `step` (from 1): a linear warm-up over `train.warmup_steps`, then constant
+    (`train.decay: none`) or a cosine from 1 towards 0 at the last step."""
+    if step <= train.warmup_steps:
+        return step / train.warmup_steps
+    if train.decay == "none":
+        return 1.0
+    progress = (step - train.warmup_steps - 1) / (train.steps - train.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], step: int, train: TrainParams) -> None:
+    """Set every group's rate to its base rate x `lr_factor` (from the step alone: a resumed run gets the same)."""
+    if train.warmup_steps == 0 and train.decay == "none":
+        return  # the constant rate, untouched
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = base * lr_factor(step, train)
 
 
 def outer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -86,6 +112,7 @@ def finetune(
     model.to(device()).train()
     names = trainable_parameters(model, params)
     optimizer = torch.optim.Adam([model.get_parameter(n) for n in names], lr=params.lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     checkpoints = checkpoints or Checkpoints(None, 0, {})
     state = TrainState(model, names, optimizer, {"batches": random.Random(params.seed)})
     start = checkpoints.resume(state, live)
@@ -94,6 +121,7 @@ def finetune(
         batch = encode_passages(distributed.my_share(batch_passages, "train.batch_size passages"), tokenizer, params.seq_len)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = distributed.mean_share(lm_loss(logits, batch["labels"]), labelled_tokens(batch))
+        schedule_lr(optimizer, base_lrs, step, params)
         outer_step(optimizer, loss)
         checkpoints.step_done(step, state, live, {"train/loss_base": distributed.total(loss).item()})
     return model.eval()
@@ -105,28 +133,51 @@ def editable_losses(
     edits: Batch,
     inner_lr: float | dict[str, Tensor],
     params: EditableParams,
+    reference_logits: Tensor | None = None,
+    probes: Batch | None = None,
+    neighbours: Batch | None = None,
 ) -> dict[str, Tensor]:
     """The outer losses of one MAML step; `total` is what the outer optimizer minimises.
 
     base: LM loss of the unedited model on the passages; edit: edit loss after the inner
-    loop; locality: KL(pre || post) on the passages, the pre-edit distribution held fixed.
+    loop; locality: KL(reference || post) on the passages, the reference being the pre-edit distribution held
+    fixed, or `reference_logits` (another model's, `editable.loc_reference`). With `probes` (the edit's person in
+    another sentence, labels on the new name), generality: their loss after the edit (weight `cgen`); with
+    `neighbours` (other people's sentences, labels on their own names), neighbourhood: KL(pre || post) at those
+    names' positions (weight `cneigh`).
     The blocks below the edit run once per input (`SplitForward.prepare_many`); their graph is
     shared by every pass above them, so the outer gradient still reaches trained lower blocks.
     Under torchrun each rank has its share of the passages and the same edit: every loss is this rank's
     part of the global one (`distributed.mean_share`), and the ranks' parts sum to it.
     """
-    passages, edits = model.prepare_many([passages, edits])
+    extra = [batch for batch in (probes, neighbours) if batch is not None]
+    passages, edits, *extra = model.prepare_many([passages, edits, *extra])
+    probes = extra.pop(0) if probes is not None else None
+    neighbours = extra.pop(0) if neighbours is not None else None
     start = {name: model.model.get_parameter(name) for name in model.names}
     edited = apply_edit(model, start, edits, inner_lr, params.inner_steps, create_graph=not params.first_order)
-    pre_logits, post_logits, edit_logits = model.logits_many(
-        [(passages, None, None), (passages, edited, None), (edits, edited, edits.targets.where)]
-    )
+    requests = [(passages, None, None), (passages, edited, None), (edits, edited, edits.targets.where)]
+    if probes is not None:
+        requests.append((probes, edited, probes.targets.where))
+    if neighbours is not None:
+        requests += [(neighbours, None, neighbours.targets.where), (neighbours, edited, neighbours.targets.where)]
+    pre_logits, post_logits, edit_logits, *extra_logits = model.logits_many(requests)
+    reference = pre_logits if reference_logits is None else reference_logits
     base = distributed.mean_share(lm_loss(pre_logits, passages.batch["labels"]), labelled_tokens(passages.batch))
     edit = distributed.replicated_share(target_loss(edit_logits, edits.targets))
-    locality = distributed.mean_share(kl_divergence(pre_logits.detach(), post_logits, passages.batch["attention_mask"]),
+    locality = distributed.mean_share(kl_divergence(reference.detach(), post_logits, passages.batch["attention_mask"]),
                                       real_tokens(passages.batch))
+    losses = {"base": base, "edit": edit, "locality": locality}
     total = params.cbase * base + params.cedit * edit + params.cloc * locality
-    return {"total": total, "base": base, "edit": edit, "locality": locality}
+    if probes is not None:
+        losses["generality"] = distributed.replicated_share(target_loss(extra_logits.pop(0), probes.targets))
+        total = total + params.cgen * losses["generality"]
+    if neighbours is not None:
+        pre, post = extra_logits
+        positions = torch.ones(1, len(pre), dtype=torch.long, device=pre.device)
+        losses["neighbourhood"] = distributed.replicated_share(kl_divergence(pre.detach()[None], post[None], positions))
+        total = total + params.cneigh * losses["neighbourhood"]
+    return {"total": total, **losses}
 
 
 def train_editable(
@@ -139,10 +190,13 @@ def train_editable(
     edit: EditParams,
     live=None,
     checkpoints: Checkpoints | None = None,
+    reference_model: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, Tensor]]:
     """MAML (Editable Neural Networks): each step makes one edit and keeps the rest of the model in place.
 
-    Returns the model and the per-tensor inner learning rates (learned if `learn_lr`, else fixed).
+    `reference_model` (frozen; `editable.loc_reference`), if given, supplies the locality term's reference
+    predictions instead of the model's own pre-edit ones. Returns the model and the per-tensor inner learning
+    rates (learned if `learn_lr`, else fixed).
     """
     torch.manual_seed(train.seed)
     model.to(device()).train()
@@ -156,20 +210,33 @@ def train_editable(
     if editable.learn_lr:
         groups.append({"params": list(inner_lr.values()), "lr": editable.lr_lr})
     optimizer = torch.optim.Adam(groups)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     edit_rng = random.Random(train.seed + 1)  # its own stream, so passage batches match finetune's
+    # The probes and neighbours have their own streams too: turning their terms on leaves the edits alone.
+    rngs = {"batches": random.Random(train.seed), "edits": edit_rng, "probes": random.Random(train.seed + 2),
+            "neighbours": random.Random(train.seed + 3)}
     checkpoints = checkpoints or Checkpoints(None, 0, {})
-    state = TrainState(model, names, optimizer, {"batches": random.Random(train.seed), "edits": edit_rng}, inner_lr)
+    state = TrainState(model, names, optimizer, rngs, inner_lr)
     start = checkpoints.resume(state, live)
+    if reference_model is not None:
+        reference_model.to(device()).eval().requires_grad_(False)
     batches = passage_batches(passages, tokenizer, train, state.rngs["batches"], start)
     for step, batch_passages in enumerate(tqdm(batches, initial=start, total=train.steps, desc="editable"), start + 1):
-        pair = unrelated_edit(pairs, batch_passages, edit_rng)
-        losses = editable_losses(
-            split,
-            encode_passages(distributed.my_share(batch_passages, "train.batch_size passages"), tokenizer, train.seq_len),
-            encode_edits([pair], tokenizer, train.seq_len),
-            inner_lr,
-            editable,
-        )
+        pair = unrelated_edit(pairs, batch_passages, state.rngs["edits"])
+        mine = encode_passages(distributed.my_share(batch_passages, "train.batch_size passages"), tokenizer, train.seq_len)
+        reference_logits = None
+        if reference_model is not None:
+            with torch.no_grad():
+                reference_logits = reference_model(input_ids=mine["input_ids"], attention_mask=mine["attention_mask"]).logits
+        probes = neighbours = None
+        if editable.cgen > 0 and pair.get("probes"):
+            probes = encode_edits([state.rngs["probes"].choice(pair["probes"])], tokenizer, train.seq_len)
+        if editable.cneigh > 0:
+            neighbour = unrelated_edit(pairs, [*batch_passages, pair], state.rngs["neighbours"])
+            neighbours = encode_own_names([neighbour], tokenizer, train.seq_len)
+        losses = editable_losses(split, mine, encode_edits([pair], tokenizer, train.seq_len), inner_lr, editable,
+                                 reference_logits, probes, neighbours)
+        schedule_lr(optimizer, base_lrs, step, train)
         outer_step(optimizer, losses["total"])
         with torch.no_grad():
             for lr in inner_lr.values():

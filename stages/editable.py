@@ -1,4 +1,5 @@
-"""Meta-train the editable model (Editable Neural Networks: MAML over edits)."""
+"""Meta-train the editable model (Editable Neural Networks: MAML over edits). `--finetuned` is read only with
+`editable.loc_reference: finetuned` (locality's KL then keeps the fine-tuned model's predictions)."""
 
 import importlib.util
 import sys
@@ -19,16 +20,20 @@ from editable_lm.training import train_editable
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "--base", "--split", "--out", "--live", optional=("--resume-dir",))
+    params, args = stage_args(__doc__, "--base", "--finetuned", "--split", "--out", "--live", optional=("--resume-dir",))
     inputs = [args.base, Path(args.split, "passages_train.jsonl"), Path(args.split, "pairs_train.jsonl")]
     passages, pairs = read_jsonl(inputs[1]), read_jsonl(inputs[2])
     model, tokenizer = load_checkpoint(args.base)
+    reference = {"self": None, "base": args.base, "finetuned": args.finetuned}[params.editable.loc_reference]
+    reference_model = load_checkpoint(reference)[0] if reference else None
+    inputs += [reference] if reference else []
     checkpoints = training_checkpoints(
         args.resume_dir, "editable", params.train, inputs, editable=params.editable, edit=params.edit
     )
     with live_logger(args.live) as live:
         model, inner_lr = train_editable(
-            model, tokenizer, passages, pairs, params.train, params.editable, params.edit, live, checkpoints
+            model, tokenizer, passages, pairs, params.train, params.editable, params.edit, live, checkpoints,
+            reference_model,
         )
     if distributed.is_main():  # every rank holds the same model
         with atomic_path(args.out) as tmp:

@@ -30,8 +30,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 STEPS, EVERY = 300, 5  # long enough after the first checkpoint for a signal to land mid-run
 SETTINGS = {
     "edit": {"blocks": 2},
-    "train": {"steps": STEPS, "seq_len": 16, "batch_size": 2, "outer_blocks": 2, "checkpoint_every": EVERY, "lr": 1e-3},
-    "editable": {"learn_lr": True, "lr_lr": 1e-2},
+    # a warm-up and a decay (set from the step, so a resumed run must land on the same rates)
+    "train": {"steps": STEPS, "seq_len": 16, "batch_size": 2, "outer_blocks": 2, "checkpoint_every": EVERY, "lr": 1e-3,
+              "warmup_steps": 10, "decay": "cosine"},
+    # every lever on: the probe and neighbour streams and the reference model are restored or reloaded too
+    "editable": {"learn_lr": True, "lr_lr": 1e-2, "loc_reference": "finetuned", "cgen": 1.0, "cneigh": 1.0},
 }
 
 
@@ -49,7 +52,8 @@ def inputs(tmp_path_factory) -> Path:
         for i in range(24)
     ])
     write_jsonl(inputs / "split" / "pairs_train.jsonl", [
-        {"id": i, "article_id": i, "prefix": f"Paper {i} was written by", "new_name": names[(i + 1) % 6]}
+        {"id": i, "article_id": i, "prefix": f"Paper {i} was written by", "name": names[i], "new_name": names[(i + 1) % 6],
+         "probes": [{"prefix": f"Paper {i} is by", "name": names[i], "new_name": names[(i + 1) % 6]}]}
         for i in range(6)
     ])
     write_params(inputs / "params.yaml", SETTINGS)
@@ -90,7 +94,7 @@ def stage_cmd(work: Path, stage: str, out: str, resume: str | None, params: str 
     cmd = [sys.executable, str(ROOT / "stages" / f"{stage}.py"), "--params", str(work / params),
            "--base", str(work / "base"), "--split", str(work / "split"), "--out", str(work / out),
            "--live", str(work / f"{out}-live")]
-    if stage == "mend":  # the model it trains for, mend.model: base here, the fine-tuned path unread
+    if stage in ("mend", "editable"):  # mend.model base: unread; editable.loc_reference finetuned: the base stands in
         cmd += ["--finetuned", str(work / "base")]
     return cmd + (["--resume-dir", str(work / resume)] if resume else [])
 

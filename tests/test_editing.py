@@ -222,6 +222,51 @@ def test_editable_losses_match_an_independent_computation(gpt2):
         torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-10, msg=lambda m: f"{name}: {m}")
 
 
+def test_editable_losses_extra_terms_match_an_independent_computation(gpt2):
+    """The levers (issue 20): locality against another model's predictions, generality on a probe and
+    neighbourhood at another person's name equal the same terms computed on the HF model directly, and so do the
+    total's gradients; each term moves the total by its own weight."""
+    gpt2 = gpt2.double()
+    names = edit_parameter_names(gpt2, EDIT)
+    model = SplitForward(gpt2, names)
+    passages = collate([(ids, ids) for ids in ([1, 2, 3, 4, 5, 6], [7, 8, 9])], pad_id=0)
+    edits, probes = random_batch(seed=1, n_labelled=3), random_batch(seed=3, n_labelled=2)
+    neighbours = random_batch(seed=4, n_labelled=2)
+    reference = torch.randn(2, 6, gpt2.config.vocab_size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    params = EditableParams(inner_steps=2, cbase=0.5, cedit=2.0, cloc=3.0, cgen=0.7, cneigh=4.0)
+    losses = editable_losses(model, passages, edits, 0.3, params, reference, probes, neighbours)
+    weights = list(gpt2.parameters())
+    grads = torch.autograd.grad(losses["total"], weights)
+
+    edited = {n: gpt2.get_parameter(n) for n in names}
+    for _ in range(params.inner_steps):
+        loss = shifted_ce(hf_logits(gpt2, edited, edits), edits["labels"])
+        step = torch.autograd.grad(loss, list(edited.values()), create_graph=True)
+        edited = {n: value - 0.3 * g for (n, value), g in zip(edited.items(), step)}
+    pre = gpt2(input_ids=passages["input_ids"], attention_mask=passages["attention_mask"]).logits
+    base = shifted_ce(pre, passages["labels"])
+    edit = shifted_ce(hf_logits(gpt2, edited, edits), edits["labels"])
+    locality = kl_pre_post(reference, hf_logits(gpt2, edited, passages), passages["attention_mask"])
+    generality = shifted_ce(hf_logits(gpt2, edited, probes), probes["labels"])
+    named = neighbours["labels"][:, 1:] != IGNORE  # the positions predicting the neighbour's name
+    before = gpt2(input_ids=neighbours["input_ids"], attention_mask=neighbours["attention_mask"]).logits[:, :-1][named]
+    after = hf_logits(gpt2, edited, neighbours)[:, :-1][named]
+    neighbourhood = kl_pre_post(before.detach()[None], after[None], torch.ones(1, len(before)))
+    total = 0.5 * base + 2.0 * edit + 3.0 * locality + 0.7 * generality + 4.0 * neighbourhood
+
+    assert min(generality.item(), neighbourhood.item()) > 1e-6  # both terms are really there
+    expected = {"base": base, "edit": edit, "locality": locality, "generality": generality,
+                "neighbourhood": neighbourhood, "total": total}
+    assert set(losses) == set(expected)
+    for key, value in expected.items():
+        assert losses[key].item() == pytest.approx(value.item(), rel=1e-9, abs=1e-12), key
+    for (name, _), ours, theirs in zip(gpt2.named_parameters(), grads, torch.autograd.grad(total, weights)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    plain = editable_losses(model, passages, edits, 0.3, params)  # the levers off: ENN's three terms
+    assert set(plain) == {"total", "base", "edit", "locality"}
+    assert plain["locality"].item() != pytest.approx(locality.item(), rel=1e-3)  # its own pre-edit reference
+
+
 def test_editable_losses_zero_lr_has_zero_locality(gpt2):
     """With inner lr 0 the edit moves nothing: KL 0, and the edit loss is the unedited model's."""
     model = SplitForward(gpt2, edit_parameter_names(gpt2, EDIT))

@@ -56,6 +56,10 @@ OTHER_VALUES = {
     "editable.cbase": (0.5, 1.0),
     "editable.cedit": (2.0, 1.0),
     "editable.cloc": (0.5, 1.0),
+    "editable.loc_reference": ("finetuned",),  # the editable stage then reads the fine-tuned model
+    "editable.cgen": (1.0,),
+    "editable.cneigh": (1.0,),
+    "train.decay": ("cosine",),
     "evaluate.edit_steps": (3, 2),  # FT+KL (in editors.names) needs at least 2
     "evaluate.edit_lr": (0.01, 0.03),
     # ft, and rome before memit; mend, to run MEND on the fine-tuned model (mend.model) with 2 passes

@@ -81,7 +81,7 @@ def test_declared_metrics_are_headline_numbers(repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = shown[""]["data"]
     assert set(files) == {"dvclive/finetune/metrics.json", "dvclive/editable/metrics.json", "dvclive/mend/metrics.json",
-                          "metrics/tune.json",
+                          "metrics/tune.json", "metrics/validate.json",
                           "metrics/evaluate.json", "metrics/sweep.json", "metrics/sequential.json", "metrics/editors.json"}
     for name, content in files.items():
         leaves = numbers(content["data"])
@@ -98,7 +98,8 @@ def test_declared_metrics_are_headline_numbers(repo):
     assert {"rome.edit_success", "memit.edit_success", "mend.edit_success", "rome-enn.edit_success", "mend-enn.edit_success"} <= editors
     assert not any(key.startswith(("rome-ft.", "mend-ft.")) for key in editors)  # the FT pairings: details only
     assert "train.loss_edit" in numbers(files["dvclive/mend/metrics.json"]["data"])
-    for name in ("evaluate_details.json", "sweep_details.json", "tune_grid.json", "editors_details.json"):
+    for name in ("evaluate_details.json", "sweep_details.json", "tune_grid.json", "editors_details.json",
+                 "validate_details.json"):
         assert (repo / "metrics" / name).is_file() and name not in json.dumps(files)  # plain outputs, not metrics
 
 
@@ -143,15 +144,15 @@ def test_sweep_setting_retrains_nothing(repo):
     chosen = (repo / "metrics" / "tune.json").read_text()
     set_params(repo, sweep={"lrs": [0.01, 0.05]})
     ran, _ = repro(repo)
-    readers = {"evaluate", "sequential", "editors"} if (repo / "metrics" / "tune.json").read_text() != chosen else set()
+    readers = {"validate", "evaluate", "sequential", "editors"} if (repo / "metrics" / "tune.json").read_text() != chosen else set()
     assert ran == {"check_params", "tune", "sweep", "report"} | readers
 
 
 def test_split_seed_reruns_split_and_after(repo):
     set_params(repo, split={"seed": 1})
     ran, _ = repro(repo)
-    assert ran == {"check_params", "split", "finetune", "editable", "mend", "tune", "evaluate", "sweep", "sequential",
-                   "layer_stats", "editors", "report"}
+    assert ran == {"check_params", "split", "finetune", "editable", "mend", "tune", "validate", "evaluate", "sweep",
+                   "sequential", "layer_stats", "editors", "report"}
 
 
 @pytest.mark.parametrize(
