@@ -16,9 +16,9 @@ from editable_lm.editing import (
 )
 from editable_lm.evaluation import Reference
 from editable_lm.models import edit_parameter_names
-from editable_lm.params import EditableParams, EditParams
+from editable_lm.params import EditableParams, EditParams, TrainParams
 from editable_lm.split_forward import Prepared, SplitForward, Targets
-from editable_lm.training import editable_losses
+from editable_lm.training import editable_losses, lr_factor, schedule_lr
 
 PREFIX = "The theory of relativity was developed by"
 EDIT = EditParams(blocks=2)
@@ -339,3 +339,22 @@ def test_per_edit_sgd_step_is_the_sum_of_each_edits_gradient(edit_batch, tokeniz
         expected = start[name] - lr * total[name]
         torch.testing.assert_close(stepped[name], expected, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
         assert not torch.allclose(pooled[name], expected, rtol=1e-6, atol=1e-9)  # the pooled mean steps differently
+
+
+def test_lr_schedule_warms_up_then_decays_on_a_cosine():
+    """Linear warm-up to the full rate, then 0.5 (1 + cos(pi p)) over the remaining steps; the default leaves the
+    optimizer's rates untouched."""
+    train = TrainParams(steps=12, warmup_steps=4, decay="cosine")
+    factors = [lr_factor(step, train) for step in range(1, 13)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and all(a > b > 0 for a, b in zip(factors[4:], factors[5:]))
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert [lr_factor(step, TrainParams(steps=12, warmup_steps=4)) for step in (4, 5, 12)] == [1.0, 1.0, 1.0]
+
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([{"params": [weight], "lr": 0.2}, {"params": [], "lr": 0.1}])
+    schedule_lr(optimizer, [0.2, 0.1], 2, train)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.2 * 0.5, 0.1 * 0.5]
+    optimizer.param_groups[0]["lr"] = 0.3
+    schedule_lr(optimizer, [0.2, 0.1], 2, TrainParams(steps=12))  # no warm-up, no decay: untouched
+    assert optimizer.param_groups[0]["lr"] == 0.3

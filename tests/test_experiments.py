@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from editable_lm.errors import EditLMError
+from editable_lm.frontier import export
+
 from smoke import ENV, SmokeRun, flat, ran_stages, run
 
 # The queued grid: edit_lr first, so the second pair of experiments can reuse the first pair's
@@ -137,6 +140,13 @@ def test_every_param_key_can_be_set_with_S(smoke_run: SmokeRun, tmp_path):
     assert data["metrics"]["metrics/evaluate.json"]["data"]["n_edits"] == wanted["reliability.n_edits"]
     details = json.loads((repo / "metrics/editors_details.json").read_text())  # the workspace holds the run
     assert details["mend"]["model"] == wanted["mend.model"] == "finetuned"
+    # A pilot's figures, exported from the experiment's commit: the run's own
+    export("every-key", tmp_path / "levers" / "every-key", repo)
+    exported = json.loads((tmp_path / "levers" / "every-key" / "validate_details.json").read_text())
+    assert exported == json.loads((repo / "metrics/validate_details.json").read_text())
+    assert exported["n_edits"] == wanted["validation.n_edits"]
+    with pytest.raises(EditLMError, match="^no-such: no such DVC experiment"):
+        export("no-such", tmp_path / "levers" / "no-such", repo)
 
 
 def queue_status(repo: Path) -> dict[str, str]:

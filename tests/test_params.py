@@ -123,6 +123,9 @@ def test_invalid_key_is_named(tmp_path, text, key):
         ("editors:\n  names: [ft, grace]\n", "editors.names: unknown editor 'grace' (choose from ft, ft_kl, until_success, rome, memit, mend)"),
         ("editors:\n  names: [ft, rome, ft]\n", "editors.names: lists an editor twice"),
         ("data:\n  source: nope\n", "data.source: unknown value 'nope' (choose from wiki-vital, "),
+        ("train:\n  steps: 10\n  warmup_steps: 10\n", "train.warmup_steps: must be below train.steps (10), got 10"),
+        ("editable:\n  loc_reference: other\n", "editable.loc_reference: Input should be 'self', 'base' or 'finetuned'"),
+        ("editable:\n  cneigh: -1\n", "editable.cneigh: must be >= 0, got -1.0"),
     ],
 )
 def test_messages(tmp_path, text, message):

@@ -115,6 +115,37 @@ def test_report_and_figures(repo):
     assert len(sweep) == 1 + 2 * 3 * len(SMOKE["sweep"]["lrs"]) * len(SMOKE["sweep"]["steps"])  # val and test
 
 
+def test_validate_stage_and_the_frontier(repo, tmp_path):
+    """The validate stage reads validation edits (its own count) with ft at the tuned lrs; the frontier's table
+    and figure come from its details, one row per pilot folder; a folder without them is a one-line error."""
+    details = json.loads((repo / "metrics" / "validate_details.json").read_text())
+    tuned = json.loads((repo / "metrics" / "tune.json").read_text())
+    assert details["n_edits"] == SMOKE["validation"]["n_edits"]
+    for model in ("base", "finetuned", "editable"):
+        assert details[model]["edit_lr"] == tuned[model]["edit_lr"] and set(details[model]) >= {"ft", "ppl_unedited"}
+        assert details[model]["ft"]["edit_success_n"] == SMOKE["validation"]["n_edits"]
+    paired = details["differences"]["editable-finetuned"]["ft"]
+    assert paired["edit_success"]["n"] == SMOKE["validation"]["n_edits"]
+
+    worse = json.loads(json.dumps(details))
+    worse["editable"]["ppl_unedited"] = 2 * details["finetuned"]["ppl_unedited"]
+    for name, content in (("as-run", details), ("twice-the-ppl", worse)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "validate_details.json").write_text(json.dumps(content))
+    out = tmp_path / "out"
+    run([sys.executable, "-m", "editable_lm.frontier", str(tmp_path / "as-run"), str(tmp_path / "twice-the-ppl"),
+         "--out", str(out)], repo)
+    rows = (out / "frontier.md").read_text().splitlines()
+    ratio = details["editable"]["ppl_unedited"] / details["finetuned"]["ppl_unedited"]
+    assert len(rows) == 4 and rows[2].startswith("| as-run |") and f"({ratio:.2f})" in rows[2]
+    assert "(2.00)" in rows[3] and f"{paired['edit_success']['mean']:+.2f}" in rows[2]
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    failed = run([sys.executable, "-m", "editable_lm.frontier", str(tmp_path), "--out", str(out)], repo, check=False)
+    assert failed.returncode == 1 and failed.stderr.strip() == (
+        f"error: {tmp_path / 'validate_details.json'}: no validation figures (run the validate stage, or --export the "
+        "experiment)")
+
+
 def test_nothing_to_do_when_unchanged(repo):
     ran, _ = repro(repo)
     assert ran == set()

@@ -1,0 +1,134 @@
+"""The levers' frontier (README, "Editable without the cost"): for each pilot, the editable model's unedited
+perplexity against what its edits do, on validation edits (stage `validate`), beside the fine-tuned model's.
+
+`python -m editable_lm.frontier --export NAME ...` copies each DVC experiment's validation figures into
+`experiments/levers/NAME/`; `python -m editable_lm.frontier experiments/levers/*/` writes the table and figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from editable_lm.errors import EditLMError  # noqa: E402
+from editable_lm.storage import atomic_path, write_json  # noqa: E402
+
+DETAILS = "validate_details.json"
+# What `export` copies from an experiment's commit, and the name it gets in the pilot's folder
+EXPORTED = {"metrics/validate_details.json": DETAILS, "metrics/tune.json": "tune.json",
+            "dvclive/editable/metrics.json": "editable_training.json"}
+# The frontier's y axes: what an edit of the editable model does (ft at its tuned lr), and which way is better.
+AXES = {"edit_success": True, "generality": True, "leakage": False}
+PAIRED = ("edit_success", "generality", "leakage", "ppl_post")  # editable - finetuned, with intervals
+
+
+def pilot(directory: Path) -> dict:
+    """One pilot's figures from its `validate_details.json`: each model's unedited perplexity, the editable and
+    fine-tuned models' edit figures, and the paired differences editable - finetuned."""
+    path = Path(directory, DETAILS)
+    if not path.is_file():
+        raise EditLMError(f"{path}: no validation figures (run the validate stage, or --export the experiment)")
+    details = json.loads(path.read_text())
+    models = {label: details[label] for label in ("finetuned", "editable")}
+    return {
+        "name": Path(directory).name,
+        "n_edits": details["n_edits"],
+        "ppl_unedited": {label: m["ppl_unedited"] for label, m in models.items()},
+        "fluency_unedited": {label: m["fluency_unedited"] for label, m in models.items()},
+        "ft": {label: m["ft"] for label, m in models.items()},
+        "paired": {key: details["differences"]["editable-finetuned"]["ft"][key] for key in PAIRED
+                   if key in details["differences"]["editable-finetuned"]["ft"]},
+    }
+
+
+def ppl_ratio(row: dict) -> float:
+    """The editable model's unedited perplexity over the fine-tuned model's (the target: at most 1.1)."""
+    return row["ppl_unedited"]["editable"] / row["ppl_unedited"]["finetuned"]
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table: a row per pilot, the paired differences with their 95% intervals."""
+    def paired(row, key):
+        d = row["paired"].get(key)
+        return "-" if d is None else f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+    lines = [
+        "| pilot | unedited ppl, editable / fine-tuned (ratio) | fluency, editable / fine-tuned | edit success, "
+        "editable / fine-tuned | paired: edit success | generality | leakage | post-edit ppl |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ppl, flu, ft = row["ppl_unedited"], row["fluency_unedited"], row["ft"]
+        lines.append(
+            f"| {row['name']} | {ppl['editable']:.1f} / {ppl['finetuned']:.1f} ({ppl_ratio(row):.2f}) | "
+            f"{flu['editable']:.2f} / {flu['finetuned']:.2f} | {ft['editable']['edit_success']:.2f} / "
+            f"{ft['finetuned']['edit_success']:.2f} | " + " | ".join(paired(row, key) for key in PAIRED) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Per axis of `AXES`: each pilot's editable model at (unedited perplexity / the fine-tuned model's, its
+    figure), and its fine-tuned model at (1, its figure); the 1.1 target as a line."""
+    fig, axes = plt.subplots(1, len(AXES), figsize=(4.2 * len(AXES), 3.8))
+    for ax, (key, higher) in zip(axes, AXES.items()):
+        for row in rows:
+            editable, finetuned = row["ft"]["editable"].get(key), row["ft"]["finetuned"].get(key)
+            if editable is None or finetuned is None:
+                continue
+            ax.scatter([ppl_ratio(row)], [editable], color="tab:blue")
+            ax.annotate(row["name"], (ppl_ratio(row), editable), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.scatter([1.0], [finetuned], color="tab:orange", marker="x")
+        ax.axvline(1.1, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("unedited perplexity / fine-tuned model's")
+        ax.set_ylabel(f"{key} ({'higher' if higher else 'lower'} is better)")
+    axes[0].set_title("blue: editable pilots; orange x: fine-tuned", fontsize=8)
+    fig.suptitle(f"Validation edits ({rows[0]['n_edits']} per pilot), ft at each model's tuned lr", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def export(name: str, dest: Path, repo: Path = Path(".")) -> None:
+    """Copy a DVC experiment's validation figures, tune choices and last training losses into `dest`."""
+    # DVC keeps each experiment as a git ref refs/exps/<baseline>/<name>, whichever commit is checked out now.
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout.split("\n")
+    revs = [line.split()[1] for line in refs if line and line.split()[0].endswith(f"/{name}")]
+    if not revs:
+        raise EditLMError(f"{name}: no such DVC experiment (dvc exp list --all-commits lists the names)")
+    for file, local in EXPORTED.items():
+        shown_file = subprocess.run(["git", "show", f"{revs[0]}:{file}"], cwd=repo, capture_output=True, text=True)
+        if shown_file.returncode != 0:
+            raise EditLMError(f"{name}: {file} is not in the experiment's commit {revs[0][:7]}")
+        write_json(Path(dest, local), json.loads(shown_file.stdout))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dirs", nargs="*", type=Path, help="pilot folders, each with a validate_details.json")
+    parser.add_argument("--export", nargs="+", metavar="NAME", help="DVC experiments to copy into --out/NAME")
+    parser.add_argument("--out", type=Path, default=Path("experiments/levers"))
+    args = parser.parse_args()
+    try:
+        for name in args.export or []:
+            export(name, args.out / name)
+        if args.dirs:
+            rows = [pilot(d) for d in args.dirs]
+            with atomic_path(args.out / "frontier.md") as tmp:
+                tmp.write_text(table(rows))
+            plot(rows, args.out / "frontier.png")
+    except EditLMError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
