@@ -20,6 +20,8 @@ SAMPLES = {
     "ft_kl.n_loc_passages": [("val", "passages")],
     "tune.n_edits": [("val", "pairs")],
     "tune.n_ppl_passages": [("val", "passages")],
+    "validation.n_edits": [("val", "pairs")],
+    "validation.n_ppl_passages": [("val", "passages")],
     "sweep.n_ppl_passages": [("val", "passages"), ("test", "passages")],
     "reliability.n_fluency_prompts": [("test", "passages")],
 }

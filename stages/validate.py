@@ -10,6 +10,7 @@ from pathlib import Path
 from editable_lm import distributed
 from editable_lm.cli import run_stage, stage_args
 from editable_lm.editors import Resources, build
+from editable_lm.errors import EditLMError
 from editable_lm.evaluation import COMPARED_METRICS, EDIT_METRICS, MODELS, Fluency, evaluate_edits, fluency_prompts, held_out
 from editable_lm.evaluation import loaded_models
 from editable_lm.metrics import headline, paired_differences, summarize_by
@@ -26,6 +27,10 @@ def main() -> None:
     passages = held_out(read_jsonl(Path(args.split, "passages_val.jsonl")), val.n_ppl_passages + rel.n_fluency_prompts,
                         cfg.seed)
     fluency = Fluency(fluency_prompts(passages[val.n_ppl_passages :]), rel.fluency_tokens)
+    if len(fluency.prompts) < rel.n_fluency_prompts:  # the split checks each sample alone, not their sum
+        raise EditLMError(f"reliability.n_fluency_prompts: {rel.n_fluency_prompts} prompts wanted beyond the "
+                          f"{val.n_ppl_passages} validation passages of validation.n_ppl_passages, but the validation "
+                          f"split has {len(passages)} passages")
     details, rows = {"n_edits": len(pairs), "fluency_prompts": list(fluency.prompts)}, []
     for m in loaded_models({label: getattr(args, label) for label in MODELS}, params.edit, passages[: val.n_ppl_passages],
                            cfg.seq_len):

@@ -226,6 +226,21 @@ def test_stage_script_error_is_one_line(repo, tmp_path):
     assert not out.exists()
 
 
+def test_validate_needs_passages_for_its_fluency_prompts(repo, tmp_path):
+    """More fluency prompts than the validation passages beyond the perplexity ones: one line, nothing written."""
+    (tmp_path / "p.yaml").write_text((repo / "params.yaml").read_text().replace(
+        f"n_fluency_prompts: {SMOKE['reliability']['n_fluency_prompts']}", "n_fluency_prompts: 100000"))
+    models = [f"--{m}=models/{m}" for m in ("base", "finetuned", "editable")]
+    result = run([sys.executable, "stages/validate.py", f"--params={tmp_path / 'p.yaml'}", "--split=data/split",
+                  "--tuned=metrics/tune.json", *models, f"--metrics={tmp_path / 'v.json'}",
+                  f"--details={tmp_path / 'vd.json'}"], repo, check=False)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: reliability.n_fluency_prompts: 100000 prompts wanted beyond the "
+                           f"{SMOKE['validation']['n_ppl_passages']} validation passages"), line
+    assert not (tmp_path / "v.json").exists() and not (tmp_path / "vd.json").exists()
+
+
 def test_missing_input_is_a_clear_error(repo, tmp_path):
     result = run(
         [sys.executable, "stages/pairs.py", "--passages", str(tmp_path / "none.jsonl"), "--corpus", "corpus",
@@ -276,9 +291,15 @@ def test_test_data_never_reaches_tuning_or_training(smoke_run: SmokeRun, tmp_pat
         assert swept[m]["matched"]["setting"] == committed[m]["matched"]["setting"], m
         assert swept[m]["grid"]["val"] == committed[m]["grid"]["val"], m
     assert any(swept[m]["grid"]["test"] != committed[m]["grid"]["test"] for m in ("base", "finetuned", "editable"))
+    # The levers' pilots measure on validation edits only: the same figures
+    run([sys.executable, "stages/validate.py", f"--split={scrambled}", "--tuned=metrics/tune.json", *models,
+         f"--metrics={tmp_path / 'validate.json'}", f"--details={tmp_path / 'validate_details.json'}"], repo)
+    for name in ("validate.json", "validate_details.json"):
+        assert json.loads((tmp_path / name).read_text()) == json.loads((repo / "metrics" / name).read_text()), name
     for stage, model in (("finetune", "finetuned"), ("editable", "editable")):
         out = tmp_path / stage
-        run([sys.executable, f"stages/{stage}.py", "--base=models/base", f"--split={scrambled}", f"--out={out}",
+        reference = ["--finetuned=models/finetuned"] if stage == "editable" else []
+        run([sys.executable, f"stages/{stage}.py", "--base=models/base", *reference, f"--split={scrambled}", f"--out={out}",
              f"--live={tmp_path / 'live' / stage}", f"--resume-dir={tmp_path / 'ckpt' / stage}"], repo)
         trained = outputs(repo / "models" / model)
         assert "model.safetensors" in trained

@@ -113,6 +113,7 @@ def test_check_split_refuses_an_empty_part(split_counts, message):
         ("sequential.n_edits", "sequential.n_edits: 6 edit pairs wanted but the test split has 5; lower sequential.n_edits to at most 5"),
         ("evaluate.n_ppl_passages", "evaluate.n_ppl_passages: 6 passages wanted but the test split has 5; lower"),
         ("ft_kl.n_loc_passages", "ft_kl.n_loc_passages: 6 passages wanted but the val split has 5; lower"),
+        ("validation.n_edits", "validation.n_edits: 6 edit pairs wanted but the val split has 5; lower"),
     ],
 )
 def test_check_split_refuses_a_sample_larger_than_its_split(key, message):
