@@ -26,7 +26,8 @@ EXPORTED = {"metrics/validate_details.json": DETAILS, "metrics/tune.json": "tune
             "dvclive/editable/metrics.json": "editable_training.json"}
 # The frontier's y axes: what an edit of the editable model does (ft at its tuned lr), and which way is better.
 AXES = {"edit_success": True, "generality": True, "leakage": False}
-PAIRED = ("edit_success", "generality", "leakage", "ppl_post")  # editable - finetuned, with intervals
+RATIO_CLIP = 2.0  # a pilot beyond it (a diverged model) is drawn at the edge, its ratio in its label
+PAIRED = ("edit_success", "generality", "leakage")  # editable - finetuned, with intervals
 
 
 def pilot(directory: Path) -> dict:
@@ -61,15 +62,17 @@ def table(rows: list[dict]) -> str:
 
     lines = [
         "| pilot | unedited ppl, editable / fine-tuned (ratio) | fluency, editable / fine-tuned | edit success, "
-        "editable / fine-tuned | paired: edit success | generality | leakage | post-edit ppl |",
+        "editable / fine-tuned | paired: edit success | generality | leakage | post-edit ppl (median), editable / "
+        "fine-tuned |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ppl, flu, ft = row["ppl_unedited"], row["fluency_unedited"], row["ft"]
         lines.append(
-            f"| {row['name']} | {ppl['editable']:.1f} / {ppl['finetuned']:.1f} ({ppl_ratio(row):.2f}) | "
+            f"| {row['name']} | {ppl['editable']:.3g} / {ppl['finetuned']:.3g} ({ppl_ratio(row):.3g}) | "
             f"{flu['editable']:.2f} / {flu['finetuned']:.2f} | {ft['editable']['edit_success']:.2f} / "
-            f"{ft['finetuned']['edit_success']:.2f} | " + " | ".join(paired(row, key) for key in PAIRED) + " |"
+            f"{ft['finetuned']['edit_success']:.2f} | " + " | ".join(paired(row, key) for key in PAIRED) +
+            f" | {ft['editable']['ppl_post_median']:.3g} / {ft['finetuned']['ppl_post_median']:.3g} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -83,10 +86,13 @@ def plot(rows: list[dict], path: Path) -> None:
             editable, finetuned = row["ft"]["editable"].get(key), row["ft"]["finetuned"].get(key)
             if editable is None or finetuned is None:
                 continue
-            ax.scatter([ppl_ratio(row)], [editable], color="tab:blue")
-            ax.annotate(row["name"], (ppl_ratio(row), editable), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ratio = ppl_ratio(row)
+            x, label = min(ratio, RATIO_CLIP), row["name"] if ratio <= RATIO_CLIP else f"{row['name']} ({ratio:.3g}x)"
+            ax.scatter([x], [editable], color="tab:blue", marker="o" if ratio <= RATIO_CLIP else ">")
+            ax.annotate(label, (x, editable), fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.scatter([1.0], [finetuned], color="tab:orange", marker="x")
         ax.axvline(1.1, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlim(0.9, RATIO_CLIP * 1.08)
         ax.set_xlabel("unedited perplexity / fine-tuned model's")
         ax.set_ylabel(f"{key} ({'higher' if higher else 'lower'} is better)")
     axes[0].set_title("blue: editable pilots; orange x: fine-tuned", fontsize=8)

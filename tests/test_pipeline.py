@@ -137,8 +137,10 @@ def test_validate_stage_and_the_frontier(repo, tmp_path):
          "--out", str(out)], repo)
     rows = (out / "frontier.md").read_text().splitlines()
     ratio = details["editable"]["ppl_unedited"] / details["finetuned"]["ppl_unedited"]
-    assert len(rows) == 4 and rows[2].startswith("| as-run |") and f"({ratio:.2f})" in rows[2]
-    assert "(2.00)" in rows[3] and f"{paired['edit_success']['mean']:+.2f}" in rows[2]
+    assert len(rows) == 4 and rows[2].startswith("| as-run |") and f"({ratio:.3g})" in rows[2]
+    assert "(2) |" in rows[3] and f"{paired['edit_success']['mean']:+.2f}" in rows[2]
+    assert rows[2].endswith(f"| {details['editable']['ft']['ppl_post_median']:.3g} / "
+                            f"{details['finetuned']['ft']['ppl_post_median']:.3g} |")
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     failed = run([sys.executable, "-m", "editable_lm.frontier", str(tmp_path), "--out", str(out)], repo, check=False)
     assert failed.returncode == 1 and failed.stderr.strip() == (
