@@ -174,7 +174,7 @@ def test_checkpoint_from_other_params_or_inputs_is_not_used(work, straight):
 
 
 def test_checkpoint_every_zero_writes_nothing(work):
-    write_params(work / "none.yaml", {**SETTINGS, "train": {**SETTINGS["train"], "checkpoint_every": 0, "steps": 3}})
+    write_params(work / "none.yaml", {**SETTINGS, "train": {**SETTINGS["train"], "checkpoint_every": 0, "steps": 3, "warmup_steps": 1}})
     process = subprocess.Popen(stage_cmd(work, "finetune", "ft-none", "ckpt-none", params="none.yaml"), env=ENV)
     assert process.wait(timeout=120) == 0
     assert not (work / "ckpt-none").exists()

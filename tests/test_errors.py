@@ -63,7 +63,7 @@ CASES = {
         "edit", (*EDIT, "--name", "Marie Curie", "--model", "{w}/truncated"),
         r"error: .*/truncated/model.safetensors: incomplete or corrupted checkpoint"),
     "checkpoint without tokenizer files": Case(
-        "editable", ("--params", "{w}/params.yaml", *TRAIN[:1], "{w}/no_tokenizer", *TRAIN[2:]),
+        "editable", ("--params", "{w}/params.yaml", *TRAIN[:1], "{w}/no_tokenizer", "--finetuned", "{w}/base", *TRAIN[2:]),
         r"error: .*/no_tokenizer: incomplete checkpoint, no tokenizer files"),
     "edit --name empty": Case("edit", (*EDIT, "--name", "", "--model", "{w}/base"), r"error: --name: must not be empty$"),
     "edit --name spaces": Case("edit", (*EDIT, "--name", "   ", "--model", "{w}/base"), r"error: --name: must not be empty$"),

@@ -110,6 +110,7 @@ def small_params(work: Path, source: str, seq_len: int = 64) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     sizes = {"reliability": {"n_edits": 1, "n_fluency_prompts": 1}, "sweep": {"n_edits": 1, "n_ppl_passages": 1},
              "sequential": {"n_edits": 1}, "tune": {"n_edits": 1, "n_ppl_passages": 1},
+             "validation": {"n_edits": 1, "n_ppl_passages": 1},
              "evaluate": {"n_ppl_passages": 1, "seq_len": seq_len}, "ft_kl": {"n_loc_passages": 1},
              "pairs": {"source": source}, "split": {"val_frac": 0.2, "test_frac": 0.2}}
     for section, values in sizes.items():

@@ -123,7 +123,7 @@ def test_validate_stage_and_the_frontier(repo, tmp_path):
     assert details["n_edits"] == SMOKE["validation"]["n_edits"]
     for model in ("base", "finetuned", "editable"):
         assert details[model]["edit_lr"] == tuned[model]["edit_lr"] and set(details[model]) >= {"ft", "ppl_unedited"}
-        assert details[model]["ft"]["edit_success_n"] == SMOKE["validation"]["n_edits"]
+        assert "edit_success_n" not in details[model]["ft"]  # every edit measured (summarize adds _n otherwise)
     paired = details["differences"]["editable-finetuned"]["ft"]
     assert paired["edit_success"]["n"] == SMOKE["validation"]["n_edits"]
 
@@ -265,6 +265,13 @@ def outputs(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def untimed(tree):
+    """A metrics tree without its seconds (`sec_per_edit*`): the only figures that differ between two runs."""
+    if isinstance(tree, dict):
+        return {k: untimed(v) for k, v in tree.items() if not k.startswith("sec_per_edit")}
+    return tree
+
+
 def test_test_data_never_reaches_tuning_or_training(smoke_run: SmokeRun, tmp_path):
     """Scrambled test edits and test passages change neither the settings tuned on validation edits (nor their
     validation grid) nor the trained models (weights, learned inner rates, every file)."""
@@ -297,7 +304,7 @@ def test_test_data_never_reaches_tuning_or_training(smoke_run: SmokeRun, tmp_pat
     run([sys.executable, "stages/validate.py", f"--split={scrambled}", "--tuned=metrics/tune.json", *models,
          f"--metrics={tmp_path / 'validate.json'}", f"--details={tmp_path / 'validate_details.json'}"], repo)
     for name in ("validate.json", "validate_details.json"):
-        assert json.loads((tmp_path / name).read_text()) == json.loads((repo / "metrics" / name).read_text()), name
+        assert untimed(json.loads((tmp_path / name).read_text())) == untimed(json.loads((repo / "metrics" / name).read_text()))
     for stage, model in (("finetune", "finetuned"), ("editable", "editable")):
         out = tmp_path / stage
         reference = ["--finetuned=models/finetuned"] if stage == "editable" else []
