@@ -189,6 +189,16 @@ def kl_pre_post(pre_logits, post_logits, attention_mask):
     return (per.sum(-1) * mask).sum() / mask.sum()
 
 
+def hand_inner_loop(gpt2, names, edits, inner_lr, steps):
+    """Second-order SGD on the edit loss of the HF model itself, at a rate per tensor: the edited weights."""
+    edited = {n: gpt2.get_parameter(n) for n in names}
+    for _ in range(steps):
+        loss = shifted_ce(hf_logits(gpt2, edited, edits), edits["labels"])
+        step = torch.autograd.grad(loss, list(edited.values()), create_graph=True)
+        edited = {n: value - inner_lr[n] * g for (n, value), g in zip(edited.items(), step)}
+    return edited
+
+
 def test_editable_losses_match_an_independent_computation(gpt2):
     """base, edit, locality and total (distinct coefficients) equal the same losses computed on the HF model
     directly (hand-written inner loop with per-tensor rates, second order), and so do their gradients
@@ -204,11 +214,7 @@ def test_editable_losses_match_an_independent_computation(gpt2):
     weights = list(gpt2.parameters())
     grads = torch.autograd.grad(losses["total"], weights)
 
-    edited = {n: gpt2.get_parameter(n) for n in names}
-    for _ in range(params.inner_steps):
-        loss = shifted_ce(hf_logits(gpt2, edited, edits), edits["labels"])
-        step = torch.autograd.grad(loss, list(edited.values()), create_graph=True)
-        edited = {n: value - inner_lr[n] * g for (n, value), g in zip(edited.items(), step)}
+    edited = hand_inner_loop(gpt2, names, edits, inner_lr, params.inner_steps)
     pre = gpt2(input_ids=passages["input_ids"], attention_mask=passages["attention_mask"]).logits
     base = shifted_ce(pre, passages["labels"])
     edit = shifted_ce(hf_logits(gpt2, edited, edits), edits["labels"])
@@ -238,11 +244,7 @@ def test_editable_losses_extra_terms_match_an_independent_computation(gpt2):
     weights = list(gpt2.parameters())
     grads = torch.autograd.grad(losses["total"], weights)
 
-    edited = {n: gpt2.get_parameter(n) for n in names}
-    for _ in range(params.inner_steps):
-        loss = shifted_ce(hf_logits(gpt2, edited, edits), edits["labels"])
-        step = torch.autograd.grad(loss, list(edited.values()), create_graph=True)
-        edited = {n: value - 0.3 * g for (n, value), g in zip(edited.items(), step)}
+    edited = hand_inner_loop(gpt2, names, edits, {n: 0.3 for n in names}, params.inner_steps)
     pre = gpt2(input_ids=passages["input_ids"], attention_mask=passages["attention_mask"]).logits
     base = shifted_ce(pre, passages["labels"])
     edit = shifted_ce(hf_logits(gpt2, edited, edits), edits["labels"])
