@@ -15,7 +15,8 @@
    checkpoints that differ in their top `train.outer_blocks` blocks (as the evaluation stages see them:
    on the split path they share the blocks below, `SharedLower`).
 3. The editors after ENN on the default configuration: `layer_stats`'s second moments, ROME's seconds per edit,
-   MEMIT's one update for `--edits` edits, MEND's seconds per edit and its training step beside a MAML step.
+   MEMIT's one update for `--edits` edits (and at another lambda), MEND's seconds per edit and its training
+   step beside a MAML step.
 4. Evaluation sharded by edit (`python -m editable_lm.launch N`, torchrun ranks of 1 thread each): the default
    configuration's gradient editors on `--shard-edits` edits of the base model, edits a minute on 1 and on 2
    processes (from the first rank's start to the last rank's rows, gathered), and the ratio.
@@ -195,8 +196,9 @@ def distilgpt2_in_processes(rounds: int, processes: int) -> list[dict[str, float
 
 def editors_config(n_edits: int) -> list[tuple[str, float]]:
     """Part 3: the closed-form editors on the default params: second moments of every block they may edit, ROME
-    per edit at the middle candidate layer, MEMIT's one update for the same edits (its deltas computed afresh)."""
-    from editable_lm.editors import rome as rome_module, stats_layers
+    per edit at the middle candidate layer, MEMIT's one update for the same edits (its deltas computed afresh),
+    then at the grid's next lambda."""
+    from editable_lm.editors import memit as memit_module, rome as rome_module, stats_layers
     from editable_lm.layer_stats import second_moments
 
     params = load_params("params.yaml")
@@ -220,6 +222,7 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
         rome.edit(split, tokenizer, None, [pair], params.evaluate.seq_len)
     rows.append((f"ROME at layer {layer}, seconds per edit ({n_edits} edits)", (time.perf_counter() - start) / n_edits))
     rome_module._DELTAS.clear()  # MEMIT from scratch: its per-edit deltas are not ROME's cached ones
+    memit_module._STARTS.clear()
     setting = settings("memit", params, layer)[0]
     memit = build("memit", params, setting, resources)
     split = SplitForward(model, memit.weight_names(model))
@@ -227,6 +230,11 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
     memit.edit(split, tokenizer, None, pairs[:-1], params.evaluate.seq_len)
     rows.append((f"MEMIT over blocks {list(memit.layers)}, one update of {n_edits} edits (s)",
                  time.perf_counter() - start))
+    # the validation grid's next lambda: the same blocks and edits, so the unedited start is shared
+    memit = build("memit", params, {**setting, "lambda": params.memit.lambdas[1]}, resources)
+    start = time.perf_counter()
+    memit.edit(split, tokenizer, None, pairs[:-1], params.evaluate.seq_len)
+    rows.append(("MEMIT, the same update at another lambda (its start shared) (s)", time.perf_counter() - start))
     return rows + mend_config(model, tokenizer, params, passages, pairs)
 
 

@@ -7,10 +7,16 @@ divided by the number of blocks left, goes into
     dW_l = R^T K (lambda C_l + K^T K)^-1,   K [N, in] the edits' keys at block l (means over each edit's prompts),
 the least-squares update that moves the edits' keys by R while keeping lambda-weighted typical keys (C_l) fixed.
 With one block and one edit it is ROME's rank-one update times (k^T C^-1 k) / (lambda + k^T C^-1 k).
+
+What only the unedited model decides is computed once per model, blocks and edits (`_start`) and shared by every
+lambda of the validation grid: the prompts' input to the first edited block, the keys there, the targets. Each
+block's input with the blocks below it updated is carried up one block at a time, so block l's step runs only
+blocks l and up (the same calls, in the same order, as running each step from the first block: the same bits).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
@@ -19,15 +25,17 @@ from torch import Tensor
 from tqdm import tqdm
 
 from editable_lm.editors.rome import (
-    ValueParams, _Probe, context_examples, edit_examples, key_positions, mean_per_pair, optimise_delta, prepare, run_to,
+    ValueParams, _Probe, context_examples, edit_examples, key_positions, mean_per_pair, optimise_delta, prepare,
 )
 from editable_lm.layer_stats import as_matrix, in_weight_layout, weight_name
 from editable_lm.split_forward import Prepared, SplitForward
 
 
 @torch.no_grad()
-def keys_and_outputs(split: SplitForward, prepared: Prepared, layer: int, last: int, params) -> tuple[Tensor, Tensor]:
-    """Keys [B, in] of block `layer` and outputs [B, D] of block `last`, at each row's key position."""
+def keys_and_outputs(split: SplitForward, prepared: Prepared, hidden: Tensor, layer: int, last: int,
+                     params: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """Keys [B, in] of block `layer` and outputs [B, D] of block `last`, at each row's key position, running
+    blocks `layer` .. `last` on `hidden`, the input of block `layer`."""
     at = key_positions(prepared)
     captured = {}
 
@@ -38,11 +46,26 @@ def keys_and_outputs(split: SplitForward, prepared: Prepared, layer: int, last: 
     try:
         with _Probe(split.model, layer) as probe:
             probe.at = at
-            run_to(split, prepared, last, params)
+            split._run_blocks(hidden, prepared.args, prepared.kwargs, layer, last + 1, params)
             keys = probe.keys
     finally:
         handle.remove()
     return keys, captured["out"]
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What the unedited model decides for a batch of edits: shared by every lambda."""
+
+    prompts: Prepared  # every edit's prompts, pair-major
+    hidden: Tensor  # their input to the first edited block
+    keys: Tensor  # [N * prompts, in] at the first edited block
+    outputs: Tensor  # [N, D] the last edited block's output at the keys (means over each edit's prompts) ...
+    targets: Tensor  # ... and what it should be: plus each edit's delta
+
+
+# Per model (never edited in place) and batch: its `_Start`.
+_STARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def spread_update(keys: Tensor, residual: Tensor, moment: Tensor | None, lam: float) -> Tensor:
@@ -69,22 +92,40 @@ class Memit:
 
     def edit(self, split: SplitForward, tokenizer, edit: Prepared, pairs: list[dict], max_len: int):
         """{projection weight: edited weight} per layer, and no gradient steps on the weights (None)."""
-        layers, last = sorted(self.layers), max(self.layers)
-        deltas = []
-        # each edit's delta alone, as MEMIT computes z per request
-        for pair in tqdm(pairs, desc=f"{self.name}: values", unit="edit", leave=False, disable=len(pairs) < 2):
-            prompts = edit_examples(tokenizer, [pair], self.contexts, max_len)
-            contexts = context_examples(tokenizer, pair, self.contexts, max_len)
-            deltas.append(optimise_delta(split.model, prompts, contexts, last, self.value)[0])
-        prompts = prepare(split, tokenizer, edit_examples(tokenizer, pairs, self.contexts, max_len))
-        _, outputs = keys_and_outputs(split, prompts, layers[0], last, None)
-        targets = mean_per_pair(outputs, len(pairs)) + torch.stack(deltas)
-        params: dict[str, Tensor] = {}
+        layers, n = sorted(self.layers), len(pairs)
+        start = self._start(split, tokenizer, pairs, max_len)
+        prompts, hidden, keys, outputs, params = start.prompts, start.hidden, start.keys, start.outputs, {}
         for index, layer in enumerate(layers):
-            keys, outputs = keys_and_outputs(split, prompts, layer, last, params)
-            residual = (targets - mean_per_pair(outputs, len(pairs))) / (len(layers) - index)
+            if index:  # the blocks below are updated: block `layer`'s keys and the last block's output now
+                keys, outputs = keys_and_outputs(split, prompts, hidden, layer, layers[-1], params)
+                outputs = mean_per_pair(outputs, n)
+            residual = (start.targets - outputs) / (len(layers) - index)
             moment = None if self.moments is None else self.moments[layer]
             matrix = as_matrix(split.model, layer)
-            update = spread_update(mean_per_pair(keys, len(pairs)), residual, moment, self.lam).to(matrix.dtype)
+            update = spread_update(mean_per_pair(keys, n), residual, moment, self.lam).to(matrix.dtype)
             params[weight_name(split.model, layer)] = in_weight_layout(split.model, layer, matrix + update).detach()
+            if index + 1 < len(layers):  # the next edited block's input, with this block updated
+                with torch.no_grad():
+                    hidden = split._run_blocks(hidden, prompts.args, prompts.kwargs, layer, layers[index + 1], params)
         return params, None
+
+    def _start(self, split: SplitForward, tokenizer, pairs: list[dict], max_len: int) -> _Start:
+        """The unedited model's part for these edits at these blocks, computed once per model."""
+        layers = sorted(self.layers)
+        examples = edit_examples(tokenizer, pairs, self.contexts, max_len)
+        key = (tuple(layers), self.value, self.contexts, max_len, tuple((tuple(ids), tuple(labels)) for ids, labels in examples))
+        done = _STARTS.setdefault(split.model, {})
+        if key not in done:
+            deltas = []
+            # each edit's delta alone, as MEMIT computes z per request
+            for pair in tqdm(pairs, desc=f"{self.name}: values", unit="edit", leave=False, disable=len(pairs) < 2):
+                prompts = edit_examples(tokenizer, [pair], self.contexts, max_len)
+                contexts = context_examples(tokenizer, pair, self.contexts, max_len)
+                deltas.append(optimise_delta(split.model, prompts, contexts, layers[-1], self.value)[0])
+            prompts = prepare(split, tokenizer, examples)
+            with torch.no_grad():
+                hidden = split._run_blocks(prompts.hidden, prompts.args, prompts.kwargs, split.start, layers[0])
+            keys, outputs = keys_and_outputs(split, prompts, hidden, layers[0], layers[-1], None)
+            outputs = mean_per_pair(outputs, len(pairs))
+            done[key] = _Start(prompts, hidden, keys, outputs, outputs + torch.stack(deltas))
+        return done[key]
