@@ -213,7 +213,7 @@ def test_memit_edits_a_batch_over_several_layers(family, tokenizer):
     assert (gain > 0.5).all(), gain
 
 
-def memit_by_the_book(lm, tokenizer, layers, lam, moments, pairs) -> dict:
+def memit_by_the_book(lm, tokenizer, layers, lam, moments, pairs, value: ValueParams) -> dict:
     """MEMIT's Algorithm 1, independently of the editor's shared start and carried block inputs: each prompt alone
     through the whole Hugging Face model with the blocks below already updated, hooks reading the projection's
     input and the last block's output at the key position; targets = unedited output + each edit's delta."""
@@ -239,7 +239,7 @@ def memit_by_the_book(lm, tokenizer, layers, lam, moments, pairs) -> dict:
         return mean(keys), mean(outs)
 
     deltas = torch.stack([optimise_delta(lm, edit_examples(tokenizer, [pair], CONTEXTS, MAX_LEN),
-                                         context_examples(tokenizer, pair, CONTEXTS, MAX_LEN), layers[-1], VALUE)[0]
+                                         context_examples(tokenizer, pair, CONTEXTS, MAX_LEN), layers[-1], value)[0]
                           for pair in pairs])
     targets = read(layers[0], {})[1] + deltas
     params = {}
@@ -259,15 +259,15 @@ def test_memit_equals_its_algorithm_step_by_step_and_shares_its_start_across_lam
     run) and gets what a fresh model's editor gets, bit for bit."""
     from editable_lm.editors import memit as memit_module, rome as rome_module
 
-    layers = (0, 1, 2)
+    layers, value = (0, 1, 2), ValueParams(steps=5, clamp_norm=1e3, weight_decay=0.0)  # a few steps: any delta will do
     lm = tiny(family, tokenizer)
     moments = {layer: moment_of(lm, tokenizer, layer) for layer in layers}
     weights = {}
     for lam in (0.5, 2.0):
-        weights[lam], _ = Memit("memit", layers, VALUE, lam, CONTEXTS, moments).edit(split_at(lm, layers), tokenizer, None, PAIRS, MAX_LEN)
+        weights[lam], _ = Memit("memit", layers, value, lam, CONTEXTS, moments).edit(split_at(lm, layers), tokenizer, None, PAIRS, MAX_LEN)
     assert len(memit_module._STARTS[lm]) == 1  # one start for both lambdas
     for lam in (0.5, 2.0):
-        expected = memit_by_the_book(lm, tokenizer, layers, lam, moments, PAIRS)
+        expected = memit_by_the_book(lm, tokenizer, layers, lam, moments, PAIRS, value)
         assert sorted(weights[lam]) == sorted(expected)
         for layer in layers:
             name = weight_name(lm, layer)
@@ -278,7 +278,7 @@ def test_memit_equals_its_algorithm_step_by_step_and_shares_its_start_across_lam
     fresh = lm.__class__(lm.config).double().requires_grad_(False)
     fresh.load_state_dict(lm.state_dict())  # the same weights, nothing cached for it
     assert fresh not in memit_module._STARTS and fresh not in rome_module._DELTAS
-    again, _ = Memit("memit", layers, VALUE, 2.0, CONTEXTS, moments).edit(split_at(fresh, layers), tokenizer, None, PAIRS, MAX_LEN)
+    again, _ = Memit("memit", layers, value, 2.0, CONTEXTS, moments).edit(split_at(fresh, layers), tokenizer, None, PAIRS, MAX_LEN)
     for name in again:
         assert torch.equal(again[name], weights[2.0][name]), name
 
