@@ -221,7 +221,8 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
     for pair in pairs[:-1]:
         rome.edit(split, tokenizer, None, [pair], params.evaluate.seq_len)
     rows.append((f"ROME at layer {layer}, seconds per edit ({n_edits} edits)", (time.perf_counter() - start) / n_edits))
-    rome_module._DELTAS.clear()  # MEMIT from scratch: its per-edit deltas are not ROME's cached ones
+    # MEMIT from scratch: neither its per-edit deltas (ROME's cache) nor its start (a previous update's) cached
+    rome_module._DELTAS.clear()
     memit_module._STARTS.clear()
     setting = settings("memit", params, layer)[0]
     memit = build("memit", params, setting, resources)

@@ -9,7 +9,7 @@ from conftest import tiny_gpt2, tiny_llama
 from editable_lm.editors.memit import Memit, spread_update
 from editable_lm.editors.rome import (
     Rome, ValueParams, _Probe, _Suffixes, context_examples, edit_examples, key_positions, optimise_delta, prepare,
-    rank_one_update, run_to,
+    mean_per_pair, rank_one_update,
 )
 from editable_lm.errors import EditLMError
 from editable_lm.layer_stats import (
@@ -49,7 +49,7 @@ def keys_and_values(split: SplitForward, prepared, layer: int) -> tuple[torch.Te
     the split model (independent of the optimisation's cached suffix runs)."""
     with _Probe(split.model, layer) as probe:
         probe.at = key_positions(prepared)
-        run_to(split, prepared, layer)
+        split._run_blocks(prepared.hidden, prepared.args, prepared.kwargs, split.start, layer + 1)
         return probe.keys, probe.values
 
 
@@ -222,21 +222,20 @@ def memit_by_the_book(lm, tokenizer, layers, lam, moments, pairs, value: ValuePa
     from editable_lm.split_forward import IGNORE
 
     examples = edit_examples(tokenizer, pairs, CONTEXTS, MAX_LEN)
-    per_pair = len(examples) // len(pairs)
-    blocks = lm.get_submodule(projection_name(lm, layers[-1]).rsplit(".mlp.", 1)[0])
+    last_block = lm.get_submodule(projection_name(lm, layers[-1]).rsplit(".mlp.", 1)[0])
 
     def read(layer, params):
         keys, outs = [], []
         h1 = lm.get_submodule(projection_name(lm, layer)).register_forward_pre_hook(lambda m, a: keys.append(a[0][0]))
-        h2 = blocks.register_forward_hook(lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o)[0]))
+        h2 = last_block.register_forward_hook(lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o)[0]))
         with torch.no_grad():
             for ids, labels in examples:
                 key = next(i for i in range(1, len(labels)) if labels[i] != IGNORE) - 1
                 functional_call(lm, params, args=(), kwargs={"input_ids": torch.tensor([ids])}, strict=False)
                 keys[-1], outs[-1] = keys[-1][key], outs[-1][key]
-        h1.remove(), h2.remove()
-        mean = lambda rows: torch.stack(rows).view(len(pairs), per_pair, -1).mean(1)  # noqa: E731
-        return mean(keys), mean(outs)
+        h1.remove()
+        h2.remove()
+        return mean_per_pair(torch.stack(keys), len(pairs)), mean_per_pair(torch.stack(outs), len(pairs))
 
     deltas = torch.stack([optimise_delta(lm, edit_examples(tokenizer, [pair], CONTEXTS, MAX_LEN),
                                          context_examples(tokenizer, pair, CONTEXTS, MAX_LEN), layers[-1], value)[0]

@@ -33,9 +33,9 @@ from editable_lm.split_forward import Prepared, SplitForward
 
 @torch.no_grad()
 def keys_and_outputs(split: SplitForward, prepared: Prepared, hidden: Tensor, layer: int, last: int,
-                     params: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor]:
-    """Keys [B, in] of block `layer` and outputs [B, D] of block `last`, at each row's key position, running
-    blocks `layer` .. `last` on `hidden`, the input of block `layer`."""
+                     params: Mapping[str, Tensor] | None, n_pairs: int) -> tuple[Tensor, Tensor]:
+    """Keys [N, in] of block `layer` and outputs [N, D] of block `last` at the key positions, each the mean over
+    one edit's prompts (pair-major rows), running blocks `layer` .. `last` on `hidden`, the input of block `layer`."""
     at = key_positions(prepared)
     captured = {}
 
@@ -50,7 +50,7 @@ def keys_and_outputs(split: SplitForward, prepared: Prepared, hidden: Tensor, la
             keys = probe.keys
     finally:
         handle.remove()
-    return keys, captured["out"]
+    return mean_per_pair(keys, n_pairs), mean_per_pair(captured["out"], n_pairs)
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class _Start:
 
     prompts: Prepared  # every edit's prompts, pair-major
     hidden: Tensor  # their input to the first edited block
-    keys: Tensor  # [N * prompts, in] at the first edited block
-    outputs: Tensor  # [N, D] the last edited block's output at the keys (means over each edit's prompts) ...
+    keys: Tensor  # [N, in] at the first edited block (means over each edit's prompts)
+    outputs: Tensor  # [N, D] the last edited block's output there ...
     targets: Tensor  # ... and what it should be: plus each edit's delta
 
 
@@ -97,12 +97,11 @@ class Memit:
         prompts, hidden, keys, outputs, params = start.prompts, start.hidden, start.keys, start.outputs, {}
         for index, layer in enumerate(layers):
             if index:  # the blocks below are updated: block `layer`'s keys and the last block's output now
-                keys, outputs = keys_and_outputs(split, prompts, hidden, layer, layers[-1], params)
-                outputs = mean_per_pair(outputs, n)
+                keys, outputs = keys_and_outputs(split, prompts, hidden, layer, layers[-1], params, n)
             residual = (start.targets - outputs) / (len(layers) - index)
             moment = None if self.moments is None else self.moments[layer]
             matrix = as_matrix(split.model, layer)
-            update = spread_update(mean_per_pair(keys, n), residual, moment, self.lam).to(matrix.dtype)
+            update = spread_update(keys, residual, moment, self.lam).to(matrix.dtype)
             params[weight_name(split.model, layer)] = in_weight_layout(split.model, layer, matrix + update).detach()
             if index + 1 < len(layers):  # the next edited block's input, with this block updated
                 with torch.no_grad():
@@ -125,7 +124,6 @@ class Memit:
             prompts = prepare(split, tokenizer, examples)
             with torch.no_grad():
                 hidden = split._run_blocks(prompts.hidden, prompts.args, prompts.kwargs, split.start, layers[0])
-            keys, outputs = keys_and_outputs(split, prompts, hidden, layers[0], layers[-1], None)
-            outputs = mean_per_pair(outputs, len(pairs))
+            keys, outputs = keys_and_outputs(split, prompts, hidden, layers[0], layers[-1], None, len(pairs))
             done[key] = _Start(prompts, hidden, keys, outputs, outputs + torch.stack(deltas))
         return done[key]

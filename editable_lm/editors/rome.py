@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -112,11 +112,6 @@ class _Probe:
         if self.delta is None:
             return output
         return output.index_put((self.at,), output[self.at] + self.delta)
-
-
-def run_to(split: SplitForward, prepared: Prepared, end: int, params: Mapping[str, Tensor] | None = None) -> None:
-    """Run the split model's upper blocks up to and including block `end` (hooks read what they need)."""
-    split._run_blocks(prepared.hidden, prepared.args, prepared.kwargs, split.start, end + 1, params)
 
 
 def mean_per_pair(rows: Tensor, n_pairs: int) -> Tensor:

@@ -6,6 +6,15 @@
 import sys, time, importlib.util
 sys.path.insert(0, "benchmarks")
 import torch
+from editable_lm.editors import rome as _rome
+
+
+def _run_to(split, prepared, end, params=None):
+    """d92953e's `rome.run_to`, which the old MEMIT imports (removed since: no caller left in the library)."""
+    split._run_blocks(prepared.hidden, prepared.args, prepared.kwargs, split.start, end + 1, params)
+
+
+_rome.run_to = _run_to
 spec = importlib.util.spec_from_file_location("memit_old", "/tmp/memit_old.py"); old = importlib.util.module_from_spec(spec); sys.modules["memit_old"] = old; spec.loader.exec_module(old)
 from editable_lm.editors import memit as new
 from editable_lm.editors import value_params
