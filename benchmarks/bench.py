@@ -196,8 +196,8 @@ def distilgpt2_in_processes(rounds: int, processes: int) -> list[dict[str, float
 
 def editors_config(n_edits: int) -> list[tuple[str, float]]:
     """Part 3: the closed-form editors on the default params: second moments of every block they may edit, ROME
-    per edit at the middle candidate layer, MEMIT's one update for the same edits (its deltas computed afresh),
-    then at the grid's next lambda."""
+    per edit at the middle candidate layer and each candidate number of steps, MEMIT's one update for the same edits
+    (its deltas computed afresh, at the most steps), then at the grid's next lambda."""
     from editable_lm.editors import memit as memit_module, rome as rome_module, stats_layers
     from editable_lm.layer_stats import second_moments
 
@@ -214,17 +214,19 @@ def editors_config(n_edits: int) -> list[tuple[str, float]]:
     contexts = tuple(" ".join(p["text"].split()[: params.editors.context_words]) for p in passages[: params.editors.n_contexts])
     pairs = synthetic_pairs(passages, n_edits + 1)
     resources = Resources(moments=moments, contexts=contexts)
-    rome = build("rome", params, {"layer": layer}, resources)
-    split = SplitForward(model, rome.weight_names(model))
-    rome.edit(split, tokenizer, None, pairs[-1:], params.evaluate.seq_len)  # warm-up
-    start = time.perf_counter()
-    for pair in pairs[:-1]:
-        rome.edit(split, tokenizer, None, [pair], params.evaluate.seq_len)
-    rows.append((f"ROME at layer {layer}, seconds per edit ({n_edits} edits)", (time.perf_counter() - start) / n_edits))
+    for steps in params.rome.steps:  # each candidate of the validation choice
+        rome = build("rome", params, {"layer": layer, "steps": steps}, resources)
+        split = SplitForward(model, rome.weight_names(model))
+        rome.edit(split, tokenizer, None, pairs[-1:], params.evaluate.seq_len)  # warm-up
+        start = time.perf_counter()
+        for pair in pairs[:-1]:
+            rome.edit(split, tokenizer, None, [pair], params.evaluate.seq_len)
+        rows.append((f"ROME at layer {layer}, {steps} steps, seconds per edit ({n_edits} edits)",
+                     (time.perf_counter() - start) / n_edits))
     # MEMIT from scratch: neither its per-edit deltas (ROME's cache) nor its start (a previous update's) cached
     rome_module._DELTAS.clear()
     memit_module._STARTS.clear()
-    setting = settings("memit", params, layer)[0]
+    setting = settings("memit", params, {"layer": layer, "steps": max(params.rome.steps)})[0]
     memit = build("memit", params, setting, resources)
     split = SplitForward(model, memit.weight_names(model))
     start = time.perf_counter()

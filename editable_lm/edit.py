@@ -99,16 +99,18 @@ def choose_lr(given: float | None, tuned_path: str, label: str, params_lr: float
 def editor_setting(name: str, details_path: str, layer: int | None, params) -> tuple[dict, str]:
     """A closed-form editor's setting: the one the `editors` stage chose on validation edits, its layer replaced
     by `layer` if given; without a chosen one, `layer` and the editor's first other candidate settings."""
-    if settings(name, params, layer) == [{}]:
+    first = settings(name, params)[0]
+    if first == {}:
         return {}, "nothing to choose"
     path = Path(details_path)
     entry = json_object(path, "one entry per editor").get(name) if path.is_file() else None
     chosen = entry.get("setting") if isinstance(entry, dict) else None
-    if chosen is not None:
+    if chosen is not None:  # over the first candidate: a setting saved before a key was chosen lacks it
+        chosen = {**first, **chosen}
         return ({**chosen, "layer": layer}, "--layer") if layer is not None else (chosen, f"chosen on validation edits, {path}")
     if layer is None:
         raise EditLMError(f"--editor {name}: no setting chosen in {path} (run `dvc repro editors`), or give --layer")
-    return {**settings(name, params, layer)[0], "layer": layer}, "--layer"
+    return {**first, "layer": layer}, "--layer"
 
 
 def base_editor(name: str, setting: dict, source: str, split: SplitForward, args, params):

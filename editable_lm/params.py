@@ -261,11 +261,11 @@ class UntilSuccessParams(Section):
 
 
 class RomeParams(Section):
-    """ROME: the layer is chosen among `layers` on validation edits (the `tune.target_success` rule); the value
-    optimisation's settings are ROME's GPT-2 XL defaults."""
+    """ROME: the layer and the value optimisation's steps are chosen among `layers` x `steps` on validation edits
+    (the `tune.target_success` rule); its other settings are ROME's GPT-2 XL defaults."""
 
     layers: tuple[Annotated[Int, Field(ge=0)], ...] = Field((6, 12, 18), min_length=1)
-    steps: Int = AtLeast(20, 1)
+    steps: tuple[Annotated[Int, Field(ge=1)], ...] = Field((20,), min_length=1)
     lr: Float = Positive(0.5)
     kl_factor: Float = AtLeast(0.0625, 0)
     weight_decay: Float = AtLeast(0.5, 0)

@@ -2,8 +2,9 @@
 
 Each editor's setting is chosen on validation edits by the `tune.target_success` rule (the lowest drawdown among
 the settings reaching it, else the best success): ROME's edit layer among `rome.layers` (a small stand-in for
-causal tracing) on `editors.n_tune_edits` edits one at a time; MEMIT's number of blocks ending at that layer
-among `memit.n_layers` and its lambda among `memit.lambdas`, on one update of as many validation edits as the test batch
+causal tracing) and its value optimisation's steps among `rome.steps`, on `editors.n_tune_edits` edits one at a
+time; MEMIT's number of blocks ending at that layer (its values optimised with those steps) among
+`memit.n_layers` and its lambda among `memit.lambdas`, on one update of as many validation edits as the test batch
 (`reliability.n_edits`: how much an update disturbs grows with its edits); MEND (trained by stage `mend`, `--mend`)
 has no setting left, and its validation row is a check. ROME and MEMIT edit the base model; MEND the model its
 network was trained for (`mend.model`: the base or the fine-tuned model). Then each editor is read once on the test edits of `evaluate`
@@ -67,21 +68,21 @@ def main() -> None:
 
     all_val_pairs = without_probes(held_out(read_jsonl(Path(args.split, "pairs_val.jsonl")), rel.n_edits, cfg.seed))
     pairs, passages, fluency = test_sample(args.split, cfg, rel)
-    details, rows, layer = {"n_edits": len(pairs), "contexts": list(contexts)}, [], None
+    details, rows, rome = {"n_edits": len(pairs), "contexts": list(contexts)}, [], None  # rome: ROME's chosen setting
     evaluated, differences = read_csv(args.enn_rows), {}
     for name in base_editor_names(params):
         model = edited_model(name, params)
         tokenizer = models[model][1]
         grid = {}  # validation: one edit at a time, or a batch of the test batch's size in one update
-        for setting in settings(name, params, layer):
+        for setting in settings(name, params, rome):
             editor = build(name, params, setting, resources[model])
             val_pairs = all_val_pairs if editor.batched else all_val_pairs[: ed.n_tune_edits]
             split, ref = split_for(editor, model, val_passages)
             grid[setting_name(setting)] = summarize(measure(editor, split, ref, val_pairs, f"{name} {setting_name(setting)} (validation)",
                                                             tokenizer), TUNE_KEYS)
         chosen = best_setting(grid, tune.target_success)
-        setting = settings(name, params, layer)[list(grid).index(chosen)]
-        layer = setting.get("layer", layer)
+        setting = settings(name, params, rome)[list(grid).index(chosen)]
+        rome = setting if "layer" in setting and rome is None else rome
         print(f"{name}: {chosen} (validation edit success {grid[chosen]['edit_success']:.2f}, "
               f"drawdown {grid[chosen]['ppl_drawdown']:.3f})")
         editor = build(name, params, setting, resources[model])
@@ -97,7 +98,7 @@ def main() -> None:
             differences |= paired_differences(mine + baselines, [(name, label) for label in BASELINES], COMPARED_METRICS,
                                               rel.n_bootstrap, cfg.seed)
         rows += [{"editor": name, "model": model, **row} for row in editor_rows]
-    details["layer"], details["differences"] = layer, differences
+    details["layer"], details["differences"] = rome and rome["layer"], differences
     if distributed.is_main():  # every rank has every row; rank 0 writes
         write_json(args.details, details)
         headline = {name: {key: details[name][key] for key in HEADLINE if key in details[name]} for name in base_editor_names(params)}

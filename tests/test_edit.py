@@ -178,6 +178,10 @@ def test_edit_with_rome_and_memit(checkpoint, tmp_path):
         assert f"{editor}: layer 2" in result.stdout and "(--layer)" in result.stdout
         before, after = (float(x) for x in result.stdout.split("log p(new name): ")[1].split(";")[0].split(" -> "))
         assert after > before
+    (tmp_path / "old.json").write_text('{"rome": {"setting": {"layer": 2}}}')  # saved before steps were chosen
+    result = run_edit(*common, "--editor", "rome", "--editors-details", "old.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rome: layer 2, steps 20 (chosen on validation edits, old.json)" in result.stdout  # the first candidate's
     result = run_edit(*common, "--editor", "rome", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

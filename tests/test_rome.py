@@ -295,18 +295,22 @@ def test_registry_builds_editors_from_params():
     from editable_lm.editors import Resources, build, edited_blocks, setting_name, settings, stats_layers
     from editable_lm.params import parse_params
 
-    params = parse_params({"rome": {"layers": [1, 5]}, "memit": {"n_layers": [2, 3], "lambdas": [10.0, 100.0]}})
+    params = parse_params({"rome": {"layers": [1, 5], "steps": [4, 8]}, "memit": {"n_layers": [2, 3], "lambdas": [10.0, 100.0]}})
     assert edited_blocks({"layer": 5, "n_layers": 3}) == (3, 4, 5) and edited_blocks({"layer": 1, "n_layers": 3}) == (0, 1)
     assert edited_blocks({"layer": 5}) == (5,)  # ROME's
     assert stats_layers(params) == [0, 1, 3, 4, 5]  # the deepest MEMIT below each candidate layer
-    assert settings("rome", params, None) == [{"layer": 1}, {"layer": 5}]
-    assert [setting_name(s) for s in settings("memit", params, 5)] == [
-        "layer=5,n_layers=2,lambda=10", "layer=5,n_layers=2,lambda=100", "layer=5,n_layers=3,lambda=10", "layer=5,n_layers=3,lambda=100"]
+    assert settings("rome", params) == [{"layer": 1, "steps": 4}, {"layer": 1, "steps": 8}, {"layer": 5, "steps": 4},
+                                        {"layer": 5, "steps": 8}]
+    assert [setting_name(s) for s in settings("memit", params, {"layer": 5, "steps": 8})] == [
+        "layer=5,steps=8,n_layers=2,lambda=10", "layer=5,steps=8,n_layers=2,lambda=100", "layer=5,steps=8,n_layers=3,lambda=10",
+        "layer=5,steps=8,n_layers=3,lambda=100"]
+    assert settings("memit", params)[0] == {"layer": 1, "steps": 4, "n_layers": 2, "lambda": 10.0}  # at ROME's first
     moments = {layer: torch.eye(2) for layer in range(6)}
-    memit = build("memit", params, {"layer": 5, "n_layers": 3, "lambda": 100.0}, Resources(moments=moments, contexts=("a",)))
+    memit = build("memit", params, {"layer": 5, "steps": 8, "n_layers": 3, "lambda": 100.0}, Resources(moments=moments, contexts=("a",)))
     assert memit.layers == (3, 4, 5) and memit.batched and memit.lam == 100.0 and set(memit.moments) == {3, 4, 5}
-    rome = build("rome", params, {"layer": 1}, Resources(moments=moments))
-    assert rome.layer == 1 and not rome.batched and rome.value.steps == params.rome.steps
+    assert memit.value.steps == 8
+    rome = build("rome", params, {"layer": 1, "steps": 4}, Resources(moments=moments))
+    assert rome.layer == 1 and not rome.batched and rome.value.steps == 4
     with pytest.raises(EditLMError, match="unknown editor 'grace'"):
         build("grace", params, {"layer": 1}, Resources(moments=moments))
 

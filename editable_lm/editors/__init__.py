@@ -41,9 +41,10 @@ class Editor(Protocol):
              ) -> tuple[dict[str, Tensor], int | None]: ...
 
 
-def value_params(params: Params) -> ValueParams:
+def value_params(params: Params, setting: dict) -> ValueParams:
+    """How ROME and MEMIT optimise an edit's value: the setting's `steps`, the rest from `rome`."""
     r = params.rome
-    return ValueParams(steps=r.steps, lr=r.lr, kl_factor=r.kl_factor, weight_decay=r.weight_decay, clamp_norm=r.clamp_norm)
+    return ValueParams(steps=setting["steps"], lr=r.lr, kl_factor=r.kl_factor, weight_decay=r.weight_decay, clamp_norm=r.clamp_norm)
 
 
 def edited_blocks(setting: dict) -> tuple[int, ...]:
@@ -85,9 +86,9 @@ BUILDERS = {
     "until_success": lambda params, setting, res: FineTune(
         "until_success", res.lr, params.until_success.max_steps, until_success=True),
     "rome": lambda params, setting, res: Rome(
-        "rome", setting["layer"], value_params(params), res.contexts, res.moments[setting["layer"]]),
+        "rome", setting["layer"], value_params(params, setting), res.contexts, res.moments[setting["layer"]]),
     "memit": lambda params, setting, res: Memit(
-        "memit", edited_blocks(setting), value_params(params), setting["lambda"], res.contexts,
+        "memit", edited_blocks(setting), value_params(params, setting), setting["lambda"], res.contexts,
         {block: res.moments[block] for block in edited_blocks(setting)}),
     "mend": lambda params, setting, res: MendEditor("mend", load_mend(res.split, res.mend), params.mend.edit_passes),
 }
@@ -109,14 +110,17 @@ def edited_model(name: str, params: Params) -> str:
     return params.mend.model if name == "mend" else "base"
 
 
-def settings(name: str, params: Params, layer: int | None) -> list[dict]:
-    """The settings an editor is chosen among on validation edits: ROME's the edit layer (`rome.layers`); MEMIT's
-    its number of blocks (`memit.n_layers`) and lambda (`memit.lambdas`) at the chosen edit `layer`; MEND has
-    none (its training chose them)."""
+def settings(name: str, params: Params, rome: dict | None = None) -> list[dict]:
+    """The settings an editor is chosen among on validation edits: ROME's the edit layer and the value
+    optimisation's steps (`rome.layers` x `rome.steps`); MEMIT's its number of blocks (`memit.n_layers`) and
+    lambda (`memit.lambdas`) at the layer and steps of ROME's setting `rome` (None: ROME's first candidate); MEND
+    has none (its training chose them)."""
     if name == "rome":
-        return [{"layer": candidate} for candidate in params.rome.layers]
+        return [{"layer": layer, "steps": steps} for layer in params.rome.layers for steps in params.rome.steps]
     if name == "memit":
-        return [{"layer": layer, "n_layers": n, "lambda": lam} for n in params.memit.n_layers for lam in params.memit.lambdas]
+        at = rome or settings("rome", params)[0]
+        return [{"layer": at["layer"], "steps": at["steps"], "n_layers": n, "lambda": lam}
+                for n in params.memit.n_layers for lam in params.memit.lambdas]
     return [{}]
 
 

@@ -30,7 +30,7 @@ passages = load_passages(params.data)
 pairs = synthetic_pairs(passages, 12)
 contexts = tuple(" ".join(p["text"].split()[:5]) for p in passages[:2])
 layers = tuple(range(5, 13)); moments = {l: torch.eye(1536) for l in layers}
-value = value_params(params)
+value = value_params(params, {"steps": 20})  # as measured: ROME's 20 steps
 split = SplitForward(model, [weight_name(model, l) for l in layers])
 new.Memit("m", layers, value, 300.0, contexts, moments)._start(split, tok, pairs, 64)  # deltas into ROME's cache
 new._STARTS.clear()
