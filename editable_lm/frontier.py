@@ -3,6 +3,8 @@ perplexity against what its edits do, on validation edits (stage `validate`), be
 
 `python -m editable_lm.frontier --export NAME ...` copies each DVC experiment's validation figures into
 `experiments/levers/NAME/`; `python -m editable_lm.frontier experiments/levers/*/` writes the table and figure.
+Where a pilot's folder has the `tune` stage's grid, the table also gives each model's batched-edit success at its
+tuned batch setting (validation batches of `tune.batch_size`): many edits at once, which one-edit pilots miss.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from editable_lm.errors import EditLMError  # noqa: E402
 from editable_lm.storage import atomic_path, write_json  # noqa: E402
 
-DETAILS = "validate_details.json"
+DETAILS, GRID = "validate_details.json", "tune_grid.json"
 # What `export` copies from an experiment's commit, and the name it gets in the pilot's folder
-EXPORTED = {"metrics/validate_details.json": DETAILS, "metrics/tune.json": "tune.json",
+EXPORTED = {"metrics/validate_details.json": DETAILS, "metrics/tune.json": "tune.json", "metrics/tune_grid.json": GRID,
             "dvclive/editable/metrics.json": "editable_training.json"}
 # The frontier's y axes: what an edit of the editable model does (ft at its tuned lr), and which way is better.
 AXES = {"edit_success": True, "generality": True, "leakage": False}
@@ -38,6 +40,8 @@ def pilot(directory: Path) -> dict:
         raise EditLMError(f"{path}: no validation figures (run the validate stage, or --export the experiment)")
     details = json.loads(path.read_text())
     models = {label: details[label] for label in ("finetuned", "editable")}
+    grid_path = Path(directory, GRID)
+    grid = json.loads(grid_path.read_text()) if grid_path.is_file() else None  # older pilots: not exported
     return {
         "name": Path(directory).name,
         "n_edits": details["n_edits"],
@@ -46,7 +50,14 @@ def pilot(directory: Path) -> dict:
         "ft": {label: m["ft"] for label, m in models.items()},
         "paired": {key: details["differences"]["editable-finetuned"]["ft"][key] for key in PAIRED
                    if key in details["differences"]["editable-finetuned"]["ft"]},
+        "batched": grid and {label: batched_success(grid[label]) for label in models},
     }
+
+
+def batched_success(model_grid: dict) -> float:
+    """A model's batched-edit success at the batch lr and steps `tune` chose for it (validation batches)."""
+    batched = model_grid["batched"]
+    return batched["grid"][batched["chosen"]]["edit_success"]
 
 
 def ppl_ratio(row: dict) -> float:
@@ -63,16 +74,17 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| pilot | unedited ppl, editable / fine-tuned (ratio) | fluency, editable / fine-tuned | edit success, "
         "editable / fine-tuned | paired: edit success | generality | leakage | post-edit ppl (median), editable / "
-        "fine-tuned |",
-        "|---|---|---|---|---|---|---|---|",
+        "fine-tuned | batched success (tuned), editable / fine-tuned |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ppl, flu, ft = row["ppl_unedited"], row["fluency_unedited"], row["ft"]
+        ppl, flu, ft, batched = row["ppl_unedited"], row["fluency_unedited"], row["ft"], row["batched"]
         lines.append(
             f"| {row['name']} | {ppl['editable']:.3g} / {ppl['finetuned']:.3g} ({ppl_ratio(row):.3g}) | "
             f"{flu['editable']:.2f} / {flu['finetuned']:.2f} | {ft['editable']['edit_success']:.2f} / "
             f"{ft['finetuned']['edit_success']:.2f} | " + " | ".join(paired(row, key) for key in PAIRED) +
-            f" | {ft['editable']['ppl_post_median']:.3g} / {ft['finetuned']['ppl_post_median']:.3g} |"
+            f" | {ft['editable']['ppl_post_median']:.3g} / {ft['finetuned']['ppl_post_median']:.3g} | "
+            + (f"{batched['editable']:.2f} / {batched['finetuned']:.2f} |" if batched else "- |")
         )
     return "\n".join(lines) + "\n"
 

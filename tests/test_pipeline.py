@@ -132,6 +132,10 @@ def test_validate_stage_and_the_frontier(repo, tmp_path):
     for name, content in (("as-run", details), ("twice-the-ppl", worse)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "validate_details.json").write_text(json.dumps(content))
+    grid = json.loads((repo / "metrics" / "tune_grid.json").read_text())
+    (tmp_path / "as-run" / "tune_grid.json").write_text(json.dumps(grid))  # the other pilot has none: "-"
+    batched = {label: grid[label]["batched"]["grid"][grid[label]["batched"]["chosen"]]["edit_success"]
+               for label in ("editable", "finetuned")}
     out = tmp_path / "out"
     run([sys.executable, "-m", "editable_lm.frontier", str(tmp_path / "as-run"), str(tmp_path / "twice-the-ppl"),
          "--out", str(out)], repo)
@@ -140,7 +144,9 @@ def test_validate_stage_and_the_frontier(repo, tmp_path):
     assert len(rows) == 4 and rows[2].startswith("| as-run |") and f"({ratio:.3g})" in rows[2]
     assert "(2) |" in rows[3] and f"{paired['edit_success']['mean']:+.2f}" in rows[2]
     assert rows[2].endswith(f"| {details['editable']['ft']['ppl_post_median']:.3g} / "
-                            f"{details['finetuned']['ft']['ppl_post_median']:.3g} |")
+                            f"{details['finetuned']['ft']['ppl_post_median']:.3g} | "
+                            f"{batched['editable']:.2f} / {batched['finetuned']:.2f} |")
+    assert rows[3].endswith(" | - |")
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     failed = run([sys.executable, "-m", "editable_lm.frontier", str(tmp_path), "--out", str(out)], repo, check=False)
     assert failed.returncode == 1 and failed.stderr.strip() == (
