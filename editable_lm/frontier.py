@@ -50,7 +50,7 @@ def pilot(directory: Path) -> dict:
         "ft": {label: m["ft"] for label, m in models.items()},
         "paired": {key: details["differences"]["editable-finetuned"]["ft"][key] for key in PAIRED
                    if key in details["differences"]["editable-finetuned"]["ft"]},
-        "batched": grid and {label: batched_success(grid[label]) for label in models},
+        "batched": {label: batched_success(grid[label]) for label in models} if grid else None,
     }
 
 
