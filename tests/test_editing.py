@@ -338,9 +338,14 @@ def test_per_edit_sgd_step_is_the_sum_of_each_edits_gradient(edit_batch, tokeniz
         grads = torch.autograd.grad(alone(model, example, start).mean(), list(start.values()))
         total = {n: total[n] + g for n, g in zip(start, grads)}
     for name in start:
-        expected = start[name] - lr * total[name]
-        torch.testing.assert_close(stepped[name], expected, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
-        assert not torch.allclose(pooled[name], expected, rtol=1e-6, atol=1e-9)  # the pooled mean steps differently
+        step = lr * total[name]
+        expected = start[name] - step
+        # Llama's rotary angles are computed in float32 even in a float64 model (transformers casts to float);
+        # the batched and the single runs agree to 1e-16 here but only to 4e-8 of the step on CI's CPU: so
+        # agreement to 1e-6 of the step, where the pooled mean misses by most of a step.
+        tolerance = 1e-6 * step.abs().max().item()
+        torch.testing.assert_close(stepped[name], expected, rtol=0, atol=tolerance, msg=lambda m: f"{name}: {m}")
+        assert (pooled[name] - expected).abs().max() > 1e4 * tolerance  # the pooled mean steps differently
 
 
 def test_lr_schedule_warms_up_then_decays_on_a_cosine():
