@@ -19,6 +19,16 @@ VOCAB = 64
 # when the CPU is shared (first double-backward calls took seconds instead of milliseconds).
 torch.set_num_threads(1)
 
+# The files of real DVC runs and training subprocesses, longest first: `make test`'s workers (`--dist loadfile`)
+# take files in collection order, so starting with these keeps a long file from running alone at the end.
+SLOW_FILES = ["test_experiments.py", "test_checkpoints.py", "test_pipeline.py", "test_distributed.py",
+              "test_errors.py", "test_edit.py", "test_sharing.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: the rest keep their order
+
 
 def tiny_gpt2(vocab: int = VOCAB, layers: int = 3, seed: int = 0):
     """A random GPT-2 without dropout, eager attention (SDPA on CPU has no double backward)."""

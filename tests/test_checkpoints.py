@@ -27,7 +27,7 @@ from smoke import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-STEPS, EVERY = 300, 5  # long enough after the first checkpoint for a signal to land mid-run
+STEPS, EVERY = 100, 5  # long enough after the first checkpoint for a signal to land mid-run (~10 s a run)
 SETTINGS = {
     "edit": {"blocks": 2},
     # a warm-up and a decay (set from the step, so a resumed run must land on the same rates)

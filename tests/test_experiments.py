@@ -27,9 +27,9 @@ from editable_lm.frontier import export
 
 from smoke import ENV, SmokeRun, flat, ran_stages, run
 
-# The queued grid: edit_lr first, so the second pair of experiments can reuse the first pair's
-# training through DVC's run cache; train.lr changes the training curves.
-GRID = {"evaluate.edit_lr": (0.01, 0.1), "train.lr": (1e-5, 1e-3)}
+# The queued grid: two experiments (one each for two workers) whose training curves differ, run up to
+# `evaluate` (what `dvc exp show` and `dvc metrics diff` read here; the whole pipeline is run by the test above).
+GRID = {"train.lr": (1e-5, 1e-3)}
 STATUSES = ("Queued", "Running", "Success", "Failed")
 
 # For "-S works for every key": candidates for each key of params.yaml; the first that differs from
@@ -174,7 +174,7 @@ def sweep(tmp_path_factory, smoke_run: SmokeRun) -> Sweep:
     """The grid queued with `dvc exp run --queue` and run with `dvc queue start -j 2` until done."""
     repo = smoke_run.copy(tmp_path_factory.mktemp("experiments") / "editable-lm")
     sets = [arg for key, values in GRID.items() for arg in ("-S", f"{key}={','.join(map(override, values))}")]
-    queued = run(["dvc", "exp", "run", "--queue", *sets], repo).stdout
+    queued = run(["dvc", "exp", "run", "--queue", *sets, "evaluate"], repo).stdout
     names = re.findall(r"Queued experiment '([\w-]+)'", queued)
     assert set(queue_status(repo)) == set(names)
     # The workers that `dvc queue start` leaves running inherit its stdout: a file, not a pipe, so
@@ -211,13 +211,12 @@ def named(sweep: Sweep, values: dict) -> str:
 
 
 def test_queued_grid_runs_in_parallel(sweep):
-    assert len(sweep.names) == 4
+    assert len(sweep.names) == 2
     assert "Started '2' new experiments task queue workers." in sweep.started
     assert sweep.status == {name: "Success" for name in sweep.names}, sweep.logs
     assert sweep.most_running == 2
     exps = experiments(sweep.repo)
-    grid = {(exp_params(exps[n])["evaluate.edit_lr"], exp_params(exps[n])["train.lr"]) for n in sweep.names}
-    assert grid == {(e, t) for e in GRID["evaluate.edit_lr"] for t in GRID["train.lr"]}
+    assert {exp_params(exps[n])["train.lr"] for n in sweep.names} == set(GRID["train.lr"])
 
 
 def evaluate_metrics(data: dict) -> dict:
@@ -248,8 +247,7 @@ def test_exp_show_has_the_edit_metrics_as_columns(sweep):
 
 
 def test_metrics_and_plots_diff_between_two_experiments(sweep, tmp_path):
-    slow = named(sweep, {"evaluate.edit_lr": 0.01, "train.lr": 1e-5})
-    fast = named(sweep, {"evaluate.edit_lr": 0.01, "train.lr": 1e-3})
+    slow, fast = named(sweep, {"train.lr": 1e-5}), named(sweep, {"train.lr": 1e-3})
 
     diff = json.loads(run(["dvc", "metrics", "diff", slow, fast, "--all", "--json"], sweep.repo).stdout)
     exps = experiments(sweep.repo)
