@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 # The files of real DVC runs and training subprocesses, longest first: `make test`'s workers (`--dist loadfile`)
 # take files in collection order, so starting with these keeps a long file from running alone at the end.
-SLOW_FILES = ["test_experiments.py", "test_checkpoints.py", "test_pipeline.py", "test_distributed.py",
+SLOW_FILES = ["test_experiments.py", "test_checkpoints.py", "test_pipeline.py", "test_queue.py", "test_distributed.py",
               "test_errors.py", "test_edit.py", "test_sharing.py"]
 
 

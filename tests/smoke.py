@@ -7,6 +7,7 @@ once, commits it, and each test module copies that reproduced repository instead
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,3 +132,27 @@ def reproduce_smoke_repo(repo: Path) -> SmokeRun:
     ran, _ = repro(repo)
     git_commit(repo, "smoke run")
     return SmokeRun(repo, ran)
+
+
+def override(value) -> str:
+    """A value as `dvc exp run -S key=value` writes it (Hydra's override syntax)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(override(v) for v in value) + "]"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def experiments(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json`: each experiment's name -> its data (params, metrics)."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    return {
+        exp["name"]: exp["revs"][0]["data"]
+        for baseline in shown
+        for exp in (baseline.get("experiments") or [])
+        if exp.get("name")
+    }
+
+
+def exp_params(data: dict) -> dict:
+    return flat(data["params"]["params.yaml"]["data"])
