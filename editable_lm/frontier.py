@@ -1,8 +1,10 @@
 """The levers' frontier (README, "Editable without the cost"): for each pilot, the editable model's unedited
 perplexity against what its edits do, on validation edits (stage `validate`), beside the fine-tuned model's.
 
-`python -m editable_lm.frontier --export NAME ...` copies each DVC experiment's validation figures into
-`experiments/levers/NAME/`; `python -m editable_lm.frontier experiments/levers/*/` writes the table and figure.
+`python -m editable_lm.frontier --export NAME ...` copies each DVC experiment's validation figures (and its test
+figures, if it ran `evaluate`) into `experiments/levers/NAME/`; `python -m editable_lm.frontier experiments/levers/*/`
+writes the table and figure, and with `--test` the same from the test figures (a recipe's confirming runs, each
+read once) into `test.md` and `test.png`.
 Where a pilot's folder has the `tune` stage's grid, the table also gives each model's batched-edit success at its
 tuned batch setting (validation batches of `tune.batch_size`): many edits at once, which one-edit pilots miss.
 """
@@ -22,22 +24,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 from editable_lm.errors import EditLMError  # noqa: E402
 from editable_lm.storage import atomic_path, write_json  # noqa: E402
 
-DETAILS, GRID = "validate_details.json", "tune_grid.json"
+DETAILS, TEST_DETAILS, GRID = "validate_details.json", "evaluate_details.json", "tune_grid.json"
 # What `export` copies from an experiment's commit, and the name it gets in the pilot's folder
 EXPORTED = {"metrics/validate_details.json": DETAILS, "metrics/tune.json": "tune.json", "metrics/tune_grid.json": GRID,
             "dvclive/editable/metrics.json": "editable_training.json"}
+OPTIONAL = {"metrics/evaluate_details.json": TEST_DETAILS}  # only an experiment that ran `evaluate` has them
 # The frontier's y axes: what an edit of the editable model does (ft at its tuned lr), and which way is better.
 AXES = {"edit_success": True, "generality": True, "leakage": False}
 RATIO_CLIP = 2.0  # a pilot beyond it (a diverged model) is drawn at the edge, its ratio in its label
 PAIRED = ("edit_success", "generality", "leakage")  # editable - finetuned, with intervals
 
 
-def pilot(directory: Path) -> dict:
-    """One pilot's figures from its `validate_details.json`: each model's unedited perplexity, the editable and
-    fine-tuned models' edit figures, and the paired differences editable - finetuned."""
-    path = Path(directory, DETAILS)
+def pilot(directory: Path, details: str = DETAILS) -> dict:
+    """One pilot's figures from its `validate_details.json` (or `evaluate_details.json`: the same fields on test
+    edits): each model's unedited perplexity, the editable and fine-tuned models' edit figures, and the paired
+    differences editable - finetuned."""
+    path = Path(directory, details)
     if not path.is_file():
-        raise EditLMError(f"{path}: no validation figures (run the validate stage, or --export the experiment)")
+        figures, stage = ("validation", "validate") if details == DETAILS else ("test", "evaluate")
+        raise EditLMError(f"{path}: no {figures} figures (run the {stage} stage, or --export the experiment)")
     details = json.loads(path.read_text())
     models = {label: details[label] for label in ("finetuned", "editable")}
     grid_path = Path(directory, GRID)
@@ -89,7 +94,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, edits: str = "Validation edits") -> None:
     """Per axis of `AXES`: each pilot's editable model at (unedited perplexity / the fine-tuned model's, its
     figure), and its fine-tuned model at (1, its figure); the 1.1 target as a line."""
     fig, axes = plt.subplots(1, len(AXES), figsize=(4.2 * len(AXES), 3.8))
@@ -108,7 +113,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("unedited perplexity / fine-tuned model's")
         ax.set_ylabel(f"{key} ({'higher' if higher else 'lower'} is better)")
     axes[0].set_title("blue: editable pilots; orange x: fine-tuned", fontsize=8)
-    fig.suptitle(f"Validation edits ({rows[0]['n_edits']} per pilot), ft at each model's tuned lr", fontsize=9)
+    fig.suptitle(f"{edits} ({rows[0]['n_edits']} per pilot), ft at each model's tuned lr", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -116,15 +121,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def export(name: str, dest: Path, repo: Path = Path(".")) -> None:
-    """Copy a DVC experiment's validation figures, tune choices and last training losses into `dest`."""
+    """Copy a DVC experiment's validation (and test) figures, tune choices and last training losses into `dest`."""
     # DVC keeps each experiment as a git ref refs/exps/<baseline>/<name>, whichever commit is checked out now.
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], cwd=repo,
                           capture_output=True, text=True, check=True).stdout.split("\n")
     revs = [line.split()[1] for line in refs if line and line.split()[0].endswith(f"/{name}")]
     if not revs:
         raise EditLMError(f"{name}: no such DVC experiment (dvc exp list --all-commits lists the names)")
-    for file, local in EXPORTED.items():
+    for file, local in (EXPORTED | OPTIONAL).items():
         shown_file = subprocess.run(["git", "show", f"{revs[0]}:{file}"], cwd=repo, capture_output=True, text=True)
+        if shown_file.returncode != 0 and file in OPTIONAL:
+            continue
         if shown_file.returncode != 0:
             raise EditLMError(f"{name}: {file} is not in the experiment's commit {revs[0][:7]}")
         write_json(Path(dest, local), json.loads(shown_file.stdout))
@@ -135,15 +142,17 @@ def main() -> None:
     parser.add_argument("dirs", nargs="*", type=Path, help="pilot folders, each with a validate_details.json")
     parser.add_argument("--export", nargs="+", metavar="NAME", help="DVC experiments to copy into --out/NAME")
     parser.add_argument("--out", type=Path, default=Path("experiments/levers"))
+    parser.add_argument("--test", action="store_true", help="the test figures (evaluate_details.json): test.md, test.png")
     args = parser.parse_args()
     try:
         for name in args.export or []:
             export(name, args.out / name)
         if args.dirs:
-            rows = [pilot(d) for d in args.dirs]
-            with atomic_path(args.out / "frontier.md") as tmp:
+            rows = [pilot(d, TEST_DETAILS if args.test else DETAILS) for d in args.dirs]
+            stem = "test" if args.test else "frontier"
+            with atomic_path(args.out / f"{stem}.md") as tmp:
                 tmp.write_text(table(rows))
-            plot(rows, args.out / "frontier.png")
+            plot(rows, args.out / f"{stem}.png", "Test edits" if args.test else "Validation edits")
     except EditLMError as exc:
         raise SystemExit(f"error: {exc}") from None
 

@@ -153,6 +153,18 @@ def test_validate_stage_and_the_frontier(repo, tmp_path):
     assert failed.returncode == 1 and failed.stderr.strip() == (
         f"error: {tmp_path / 'validate_details.json'}: no validation figures (run the validate stage, or --export the "
         "experiment)")
+    # --test: the same table from the test figures (stage evaluate), beside the validation one
+    test = json.loads((repo / "metrics" / "evaluate_details.json").read_text())
+    (tmp_path / "as-run" / "evaluate_details.json").write_text(json.dumps(test))
+    run([sys.executable, "-m", "editable_lm.frontier", "--test", str(tmp_path / "as-run"), "--out", str(out)], repo)
+    test_rows = (out / "test.md").read_text().splitlines()
+    test_ratio = test["editable"]["ppl_unedited"] / test["finetuned"]["ppl_unedited"]
+    assert len(test_rows) == 3 and f"({test_ratio:.3g})" in test_rows[2] and test_ratio != ratio
+    assert (out / "frontier.md").read_text().splitlines() == rows and (out / "test.png").is_file()
+    failed = run([sys.executable, "-m", "editable_lm.frontier", "--test", str(tmp_path / "twice-the-ppl"), "--out",
+                  str(out)], repo, check=False)
+    assert failed.returncode == 1 and failed.stderr.strip().endswith(
+        "evaluate_details.json: no test figures (run the evaluate stage, or --export the experiment)")
 
 
 def test_nothing_to_do_when_unchanged(repo):
