@@ -70,6 +70,21 @@ def ppl_ratio(row: dict) -> float:
     return row["ppl_unedited"]["editable"] / row["ppl_unedited"]["finetuned"]
 
 
+def targets_met(row: dict) -> list[str]:
+    """Which of issue 20's five targets a pilot meets: the unedited perplexity ratio at most 1.1, editable edit
+    success at least 0.95, post-edit median perplexity at most the fine-tuned model's, and the paired generality
+    and leakage intervals (editable - finetuned) reaching zero on the right side."""
+    ft, paired = row["ft"], row["paired"]
+    checks = {
+        "ratio": ppl_ratio(row) <= 1.1,
+        "success": ft["editable"]["edit_success"] >= 0.95,
+        "post-edit ppl": ft["editable"]["ppl_post_median"] <= ft["finetuned"]["ppl_post_median"],
+        "generality": "generality" in paired and paired["generality"]["high"] >= 0,
+        "leakage": "leakage" in paired and paired["leakage"]["low"] <= 0,
+    }
+    return [name for name, met in checks.items() if met]
+
+
 def table(rows: list[dict]) -> str:
     """A Markdown table: a row per pilot, the paired differences with their 95% intervals."""
     def paired(row, key):
@@ -79,8 +94,8 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| pilot | unedited ppl, editable / fine-tuned (ratio) | fluency, editable / fine-tuned | edit success, "
         "editable / fine-tuned | paired: edit success | generality | leakage | post-edit ppl (median), editable / "
-        "fine-tuned | batched success (tuned), editable / fine-tuned |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "fine-tuned | batched success (tuned), editable / fine-tuned | targets met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ppl, flu, ft, batched = row["ppl_unedited"], row["fluency_unedited"], row["ft"], row["batched"]
@@ -90,6 +105,7 @@ def table(rows: list[dict]) -> str:
             f"{ft['finetuned']['edit_success']:.2f} | " + " | ".join(paired(row, key) for key in PAIRED) +
             f" | {ft['editable']['ppl_post_median']:.3g} / {ft['finetuned']['ppl_post_median']:.3g} | "
             + (f"{batched['editable']:.2f} / {batched['finetuned']:.2f} |" if batched else "- |")
+            + f" {len(targets_met(row))} of 5 |"
         )
     return "\n".join(lines) + "\n"
 

@@ -144,10 +144,12 @@ def test_validate_stage_and_the_frontier(repo, tmp_path):
     ratio = details["editable"]["ppl_unedited"] / details["finetuned"]["ppl_unedited"]
     assert len(rows) == 4 and rows[2].startswith("| as-run |") and f"({ratio:.3g})" in rows[2]
     assert "(2) |" in rows[3] and f"{paired['edit_success']['mean']:+.2f}" in rows[2]
-    assert rows[2].endswith(f"| {details['editable']['ft']['ppl_post_median']:.3g} / "
-                            f"{details['finetuned']['ft']['ppl_post_median']:.3g} | "
-                            f"{batched['editable']:.2f} / {batched['finetuned']:.2f} |")
-    assert rows[3].endswith(" | - |")
+    ed, ft = details["editable"]["ft"], details["finetuned"]["ft"]
+    met = sum([ratio <= 1.1, ed["edit_success"] >= 0.95, ed["ppl_post_median"] <= ft["ppl_post_median"],
+               paired["generality"]["high"] >= 0, paired["leakage"]["low"] <= 0])
+    assert rows[2].endswith(f"| {ed['ppl_post_median']:.3g} / {ft['ppl_post_median']:.3g} | "
+                            f"{batched['editable']:.2f} / {batched['finetuned']:.2f} | {met} of 5 |")
+    assert rows[3].endswith(f" | - | {met - (ratio <= 1.1)} of 5 |")  # twice the perplexity: the ratio missed
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     failed = run([sys.executable, "-m", "editable_lm.frontier", str(tmp_path), "--out", str(out)], repo, check=False)
     assert failed.returncode == 1 and failed.stderr.strip() == (
