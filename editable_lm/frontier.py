@@ -4,7 +4,9 @@ perplexity against what its edits do, on validation edits (stage `validate`), be
 `python -m editable_lm.frontier --export NAME ...` copies each DVC experiment's validation figures (and its test
 figures, if it ran `evaluate`) into `experiments/levers/NAME/`; `python -m editable_lm.frontier experiments/levers/*/`
 writes the table and figure, and with `--test` the same from the test figures (a recipe's confirming runs, each
-read once) into `test.md` and `test.png`.
+read once) into `test.md` and `test.png`; `--test --against REF` also pairs each run's edits with those of the run in
+folder REF over the same test edits (`evaluate_edits.csv`: the same split), into `against.md`: whether a recipe's
+editable model does better than another recipe's, and than that recipe's fine-tuned model.
 Where a pilot's folder has the `tune` stage's grid, the table also gives each model's batched-edit success at its
 tuned batch setting (validation batches of `tune.batch_size`): many edits at once, which one-edit pilots miss.
 """
@@ -22,17 +24,19 @@ matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from editable_lm.errors import EditLMError  # noqa: E402
-from editable_lm.storage import atomic_path, write_json  # noqa: E402
+from editable_lm.metrics import paired_differences  # noqa: E402
+from editable_lm.storage import atomic_path, read_csv, write_json  # noqa: E402
 
-DETAILS, TEST_DETAILS, GRID = "validate_details.json", "evaluate_details.json", "tune_grid.json"
+DETAILS, TEST_DETAILS, GRID, ROWS = "validate_details.json", "evaluate_details.json", "tune_grid.json", "evaluate_edits.csv"
 # What `export` copies from an experiment's commit, and the name it gets in the pilot's folder
 EXPORTED = {"metrics/validate_details.json": DETAILS, "metrics/tune.json": "tune.json", "metrics/tune_grid.json": GRID,
             "dvclive/editable/metrics.json": "editable_training.json"}
-OPTIONAL = {"metrics/evaluate_details.json": TEST_DETAILS}  # only an experiment that ran `evaluate` has them
+OPTIONAL = {"metrics/evaluate_details.json": TEST_DETAILS, "metrics/evaluate_edits.csv": ROWS}  # if it ran `evaluate`
 # The frontier's y axes: what an edit of the editable model does (ft at its tuned lr), and which way is better.
 AXES = {"edit_success": True, "generality": True, "leakage": False}
 RATIO_CLIP = 2.0  # a pilot beyond it (a diverged model) is drawn at the edge, its ratio in its label
 PAIRED = ("edit_success", "generality", "leakage")  # editable - finetuned, with intervals
+ACROSS = ("edit_success", "generality", "leakage", "ppl_post")  # paired across two runs' edits (`--against`)
 
 
 def pilot(directory: Path, details: str = DETAILS) -> dict:
@@ -110,6 +114,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def across(run: Path, reference: Path, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Paired over the same test edits (`ft` at each model's tuned lr): `run`'s editable model - `reference`'s
+    editable model, and - `reference`'s fine-tuned model, per key of `ACROSS`."""
+    rows = [{**row, "model": f"{tag} {row['model']}"} for tag, directory in (("run", run), ("reference", reference))
+            for row in read_csv(Path(directory, ROWS)) if row["procedure"] == "ft"]
+    edits = [{row["edit_id"] for row in rows if row["model"] == f"{tag} editable"} for tag in ("run", "reference")]
+    if edits[0] != edits[1]:
+        raise EditLMError(f"{run} and {reference}: not the same test edits (another split?): nothing to pair")
+    comparisons = [("run editable", f"reference {label}") for label in ("editable", "finetuned")]
+    return {label: by["ft"] for label, by in paired_differences(rows, comparisons, ACROSS, n_bootstrap, seed).items()}
+
+
+def across_table(runs: list[Path], reference: Path) -> str:
+    """A Markdown row per run: its editable model against `reference`'s editable and fine-tuned models."""
+    def cell(d):
+        return f"{d['mean']:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}]"
+
+    heads = [f"{key}, {what}" for what in ("editable - its editable", "editable - its fine-tuned") for key in ACROSS]
+    lines = [f"| run (against {reference.name}) | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for run in runs:
+        pairs = across(run, reference)
+        lines.append(f"| {run.name} | " + " | ".join(cell(pairs[f"run editable-reference {label}"][key])
+                                                     for label in ("editable", "finetuned") for key in ACROSS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict], path: Path, edits: str = "Validation edits") -> None:
     """Per axis of `AXES`: each pilot's editable model at (unedited perplexity / the fine-tuned model's, its
     figure), and its fine-tuned model at (1, its figure); the 1.1 target as a line."""
@@ -145,12 +175,16 @@ def export(name: str, dest: Path, repo: Path = Path(".")) -> None:
     if not revs:
         raise EditLMError(f"{name}: no such DVC experiment (dvc exp list --all-commits lists the names)")
     for file, local in (EXPORTED | OPTIONAL).items():
-        shown_file = subprocess.run(["git", "show", f"{revs[0]}:{file}"], cwd=repo, capture_output=True, text=True)
+        shown_file = subprocess.run(["git", "show", f"{revs[0]}:{file}"], cwd=repo, capture_output=True)
         if shown_file.returncode != 0 and file in OPTIONAL:
             continue
         if shown_file.returncode != 0:
             raise EditLMError(f"{name}: {file} is not in the experiment's commit {revs[0][:7]}")
-        write_json(Path(dest, local), json.loads(shown_file.stdout))
+        if local.endswith(".csv"):  # the rows as the stage wrote them, byte for byte
+            with atomic_path(Path(dest, local)) as tmp:
+                tmp.write_bytes(shown_file.stdout)
+        else:
+            write_json(Path(dest, local), json.loads(shown_file.stdout))
 
 
 def main() -> None:
@@ -159,6 +193,7 @@ def main() -> None:
     parser.add_argument("--export", nargs="+", metavar="NAME", help="DVC experiments to copy into --out/NAME")
     parser.add_argument("--out", type=Path, default=Path("experiments/levers"))
     parser.add_argument("--test", action="store_true", help="the test figures (evaluate_details.json): test.md, test.png")
+    parser.add_argument("--against", type=Path, metavar="REF", help="with --test: pair each run's test edits with REF's")
     args = parser.parse_args()
     try:
         for name in args.export or []:
@@ -169,6 +204,12 @@ def main() -> None:
             with atomic_path(args.out / f"{stem}.md") as tmp:
                 tmp.write_text(table(rows))
             plot(rows, args.out / f"{stem}.png", "Test edits" if args.test else "Validation edits")
+            if args.against:
+                if not args.test:
+                    raise EditLMError("--against pairs test edits: give --test too")
+                text = across_table(args.dirs, args.against)
+                with atomic_path(args.out / "against.md") as tmp:
+                    tmp.write_text(text)
     except EditLMError as exc:
         raise SystemExit(f"error: {exc}") from None
 

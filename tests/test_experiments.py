@@ -111,6 +111,7 @@ def test_every_param_key_can_be_set_with_S(smoke_run: SmokeRun, tmp_path):
     assert exported["n_edits"] == wanted["validation.n_edits"]
     exported_test = json.loads((tmp_path / "levers" / "every-key" / "evaluate_details.json").read_text())
     assert exported_test == json.loads((repo / "metrics/evaluate_details.json").read_text())
+    assert (tmp_path / "levers" / "every-key" / "evaluate_edits.csv").read_bytes() == (repo / "metrics/evaluate_edits.csv").read_bytes()
     with pytest.raises(EditLMError, match="^no-such: no such DVC experiment"):
         export("no-such", tmp_path / "levers" / "no-such", repo)
 
