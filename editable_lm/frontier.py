@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--against", type=Path, metavar="REF", help="with --test: pair each run's test edits with REF's")
     args = parser.parse_args()
     try:
+        if args.against and not args.test:  # before anything is written
+            raise EditLMError("--against pairs test edits: give --test too")
         for name in args.export or []:
             export(name, args.out / name)
         if args.dirs:
@@ -205,8 +207,6 @@ def main() -> None:
                 tmp.write_text(table(rows))
             plot(rows, args.out / f"{stem}.png", "Test edits" if args.test else "Validation edits")
             if args.against:
-                if not args.test:
-                    raise EditLMError("--against pairs test edits: give --test too")
                 text = across_table(args.dirs, args.against)
                 with atomic_path(args.out / "against.md") as tmp:
                     tmp.write_text(text)
