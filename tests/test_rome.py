@@ -216,7 +216,8 @@ def test_memit_edits_a_batch_over_several_layers(family, tokenizer):
 def memit_by_the_book(lm, tokenizer, layers, lam, moments, pairs, value: ValueParams) -> dict:
     """MEMIT's Algorithm 1, independently of the editor's shared start and carried block inputs: each prompt alone
     through the whole Hugging Face model with the blocks below already updated, hooks reading the projection's
-    input and the last block's output at the key position; targets = unedited output + each edit's delta."""
+    input (keys: the mean over an edit's prompts) and the last block's output at the key position (at the edit's
+    bare prompt, as MEMIT's code reads z); targets = unedited output + each edit's delta."""
     from torch.func import functional_call
 
     from editable_lm.split_forward import IGNORE
@@ -235,7 +236,7 @@ def memit_by_the_book(lm, tokenizer, layers, lam, moments, pairs, value: ValuePa
                 keys[-1], outs[-1] = keys[-1][key], outs[-1][key]
         h1.remove()
         h2.remove()
-        return mean_per_pair(torch.stack(keys), len(pairs)), mean_per_pair(torch.stack(outs), len(pairs))
+        return mean_per_pair(torch.stack(keys), len(pairs)), torch.stack(outs)[:: 1 + len(CONTEXTS)]  # bare rows
 
     deltas = torch.stack([optimise_delta(lm, edit_examples(tokenizer, [pair], CONTEXTS, MAX_LEN),
                                          context_examples(tokenizer, pair, CONTEXTS, MAX_LEN), layers[-1], value)[0]
@@ -252,11 +253,16 @@ def memit_by_the_book(lm, tokenizer, layers, lam, moments, pairs, value: ValuePa
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_memit_equals_its_algorithm_step_by_step_and_shares_its_start_across_lambdas(family, tokenizer):
+@pytest.mark.parametrize("rows_per_batch", [2, 50])
+def test_memit_equals_its_algorithm_step_by_step_and_shares_its_start_across_lambdas(family, rows_per_batch, tokenizer,
+                                                                                     monkeypatch):
     """Over 3 blocks and 3 edits the editor's update equals MEMIT's Algorithm 1 computed from the whole model at
-    every step (float64); a second lambda on the same model reuses the start (no new delta, no new prompt
-    run) and gets what a fresh model's editor gets, bit for bit."""
+    every step (float64), with its 9 prompts in one batch or in batches of 2 by length (then read back in their
+    own order); a second lambda on the same model reuses the start (no new delta, no new prompt run) and gets
+    what a fresh model's editor gets, bit for bit."""
     from editable_lm.editors import memit as memit_module, rome as rome_module
+
+    monkeypatch.setattr(memit_module, "ROWS_PER_BATCH", rows_per_batch)
 
     layers, value = (0, 1, 2), ValueParams(steps=5, clamp_norm=1e3, weight_decay=0.0)  # a few steps: any delta will do
     lm = tiny(family, tokenizer)
