@@ -25,7 +25,7 @@ repro: venv
 # Two pytest-xdist workers, a test file each at a time: most tests are one-threaded (subprocesses, tiny models).
 # test_storage's signal tests need the process's main thread, which an xdist worker does not give them: a plain run.
 test: venv
-	python -m pytest -q -n 2 --dist loadfile --ignore tests/test_storage.py
+	python -m pytest -q -n 2 --dist loadfile --durations=20 --ignore tests/test_storage.py
 	python -m pytest -q tests/test_storage.py
 
 # Speed figures (README, "Speed"): run on a quiet machine.
