@@ -19,7 +19,8 @@
    step beside a MAML step.
 4. Evaluation sharded by edit (`python -m editable_lm.launch N`, torchrun ranks of 1 thread each): the default
    configuration's gradient editors on `--shard-edits` edits of the base model, edits a minute on 1 and on 2
-   processes (from the first rank's start to the last rank's rows, gathered), and the ratio.
+   processes (from the first rank's start to the last rank's rows, gathered), and on 1 process of 2 threads
+   (how `dvc repro` runs a stage at `run.nproc: 1` and `OMP_NUM_THREADS=2`), and the ratios.
 
 Prints figures and ratios; asserts nothing. Run it on a quiet machine.
 """
@@ -319,16 +320,19 @@ def sharded_worker(n_edits: int) -> None:
 
 
 def sharded_config(n_edits: int) -> list[tuple[str, float]]:
-    """Part 4: edits a minute of sharded evaluation on 1 and 2 processes of 1 thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """Part 4: edits a minute of sharded evaluation on 1 process x 1 thread, 1 process x 2 threads (a stage at
+    `run.nproc: 1` under `OMP_NUM_THREADS=2`) and 2 processes x 1 thread (`run.nproc: 2`)."""
     rates = {}
-    for nproc in (1, 2):
+    for nproc, threads in ((1, 1), (1, 2), (2, 1)):
         command = [sys.executable, "-m", "editable_lm.launch", "--nproc", str(nproc), __file__, "--sharded-worker",
                    "--shard-edits", str(n_edits)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         run = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-        rates[nproc] = 60 * n_edits / json.loads(run.stdout.splitlines()[-1])["seconds"]
-    return [("edits a minute, 1 process x 1 thread", rates[1]), ("edits a minute, 2 processes x 1 thread", rates[2]),
-            ("2 processes / 1 process", rates[2] / rates[1])]
+        rates[nproc, threads] = 60 * n_edits / json.loads(run.stdout.splitlines()[-1])["seconds"]
+    return [(f"edits a minute, {n} process{'es' if n > 1 else ''} x {t} thread{'s' if t > 1 else ''}", rate)
+            for (n, t), rate in rates.items()] + [
+        ("2 processes / 1 process (1 thread each)", rates[2, 1] / rates[1, 1]),
+        ("2 processes x 1 thread / 1 process x 2 threads", rates[2, 1] / rates[1, 2])]
 
 
 def main() -> None:
@@ -337,7 +341,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=3, help="fresh processes that time part 1 (default 3)")
     parser.add_argument("--edits", type=int, default=12, help="edits timed per procedure and path (default 12)")
     parser.add_argument("--editors-only", action="store_true", help="part 3 alone: layer_stats, ROME, MEMIT, MEND")
-    parser.add_argument("--sharded-only", action="store_true", help="part 4 alone: evaluation on 1 and 2 processes")
+    parser.add_argument("--sharded-only", action="store_true", help="part 4 alone: evaluation on 1 and 2 processes, and on 2 threads")
     parser.add_argument("--shard-edits", type=int, default=24, help="edits of part 4 (default 24)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process of part 1: JSON out
     parser.add_argument("--sharded-worker", action="store_true", help=argparse.SUPPRESS)  # one rank of part 4
