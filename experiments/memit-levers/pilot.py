@@ -11,7 +11,7 @@ a less noisy read. And why the success stops near 0.7: how alike the edits' keys
     python experiments/memit-levers/pilot.py                    # needs data/split and models/base (dvc repro split base_model)
     python experiments/memit-levers/pilot.py --tokens 20000 --layers 12
 
-Writes experiments/memit-levers/results.json (every setting) and prints a table per (tokens, layer).
+Writes --out (default experiments/memit-levers/results.json: every setting) and prints a table per (tokens, layer).
 """
 import argparse
 import json
@@ -31,11 +31,11 @@ from editable_lm.split_forward import SplitForward
 from editable_lm.storage import read_jsonl
 from editable_lm.training import encode_edits
 
-OUT = Path(__file__).with_name("results.json")
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--tokens", type=int, nargs="+", default=[20000, 100000], help="statistics tokens for C")
 parser.add_argument("--layers", type=int, nargs="+", default=[6, 12, 18], help="MEMIT's last (ROME's) edit layer")
 parser.add_argument("--steps", type=int, default=20, help="value optimisation steps (ROME's validation choice)")
+parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"), help="results file")
 args = parser.parse_args()
 
 params = load_params("params.yaml")
@@ -94,8 +94,8 @@ for n_tokens in args.tokens:
                 cos.fill_diagonal_(-1.0)
                 nearest = cos.max(1).values
                 out[name] = {"mean_nearest": nearest.mean().item(), "share_above_0.9": (nearest > 0.9).float().mean().item()}
-            results["keys"][str(layer)] = out
+            results["keys"][str(layer)] = {**out, "tokens": seen}
             print(f"layer {layer} keys: {out}", flush=True)
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
-OUT.write_text(json.dumps(results, indent=1) + "\n")
-print(f"-> {OUT}")
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+args.out.write_text(json.dumps(results, indent=1) + "\n")
+print(f"-> {args.out}")

@@ -1,15 +1,19 @@
-"""Markdown tables of `pilot.py`'s results.json: a row per (tokens, layer, blocks), a cell per lambda
+"""Markdown tables of `pilot.py`'s results files (one or more runs, merged): a row per (tokens, layer, blocks), a cell per lambda
 (edit success / drawdown on 16 validation passages), and each layer's best setting by the stage's rule.
 
-    python experiments/memit-levers/table.py > experiments/memit-levers/grid.md
+    python experiments/memit-levers/table.py experiments/memit-levers/results*.json > experiments/memit-levers/grid.md
 """
 import json
+import sys
 from pathlib import Path
 
 from editable_lm.evaluation import best_setting
 
-results = json.loads(Path(__file__).with_name("results.json").read_text())
-grid = results["grid"]
+runs = [json.loads(Path(path).read_text()) for path in sys.argv[1:]]
+results = runs[0]
+grid = [row for run in runs for row in run["grid"]]
+# each run's key figures use C over its first token count
+keys = [(layer, {"tokens": run["grid"][0]["tokens"], **k}) for run in runs for layer, k in run["keys"].items()]
 lambdas = sorted({row["lambda"] for row in grid})
 print(f"{results['n_edits']} validation edits in one update, deltas at {results['steps']} steps; "
       f"{results['distinct_last_words']} distinct last words of the prefixes.\n")
@@ -39,8 +43,8 @@ for tokens, layer in dict.fromkeys((r["tokens"], r["layer"]) for r in grid):
 
 print("\nHow alike the edits' keys are at the edit layer (each edit's nearest other edit; C-whitened: k_i^T C^-1 k_j "
       "normalised, the directions an update moves):\n")
-print("| layer | cosine: mean nearest | share > 0.9 | whitened: mean nearest | share > 0.9 |")
-print("|---|---|---|---|---|")
-for layer, k in results["keys"].items():
-    print(f"| {layer} | {k['cosine']['mean_nearest']:.2f} | {k['cosine']['share_above_0.9']:.2f} | "
+print("| layer | C tokens | cosine: mean nearest | share > 0.9 | whitened: mean nearest | share > 0.9 |")
+print("|---|---|---|---|---|---|")
+for layer, k in keys:
+    print(f"| {layer} | {k['tokens']:,} | {k['cosine']['mean_nearest']:.2f} | {k['cosine']['share_above_0.9']:.2f} | "
           f"{k['whitened']['mean_nearest']:.2f} | {k['whitened']['share_above_0.9']:.2f} |")
